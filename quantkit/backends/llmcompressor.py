@@ -1,0 +1,80 @@
+"""llm-compressor: `oneshot` with a `QuantizationModifier` (NVFP4 scheme), saved compressed
+(compressed-tensors `nvfp4-pack-quantized`).
+
+The ignore list is the plan's rules as `re:` regexes (llm-compressor expands them to exact
+names in config.json). After saving, the same regexes are appended to the written `ignore`
+list: serving engines that build fused modules (vLLM's `in_proj_qkvz`, `qkv_proj`) then match
+the fused name too, instead of only the split names found in memory (vLLM issue 40252)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Callable
+
+from quantkit.backends.base import BackendResult, StepTimer
+from quantkit.errors import BackendError
+from quantkit.patterns import to_llmcompressor_ignore
+
+__all__ = ["LLMCompressorBackend", "ignore_list"]
+
+_SCHEMES = {"nvfp4": "NVFP4", "nvfp4-weight-only": "NVFP4A16"}
+
+
+def ignore_list(plan: Any) -> list[str]:
+    """`re:` entries for every rule that decided at least one kept module, plus exact names of
+    modules kept for structural/backend reasons."""
+    used = {d.rule for d in plan.kept if d.rule}
+    patterns = [r.pattern for r in plan.rules if r.pattern.raw in used]
+    out = to_llmcompressor_ignore(patterns)
+    out += [d.module.name for d in plan.kept if not d.rule and d.module.kind == "linear"]
+    return out
+
+
+class LLMCompressorBackend:
+    name = "llmcompressor"
+    format = "compressed-tensors"
+
+    def check_available(self) -> None:
+        try:
+            import llmcompressor  # noqa: F401
+        except ImportError as exc:
+            raise BackendError(f"llmcompressor is not importable: {exc}",
+                               hint="pip install 'llmcompressor==0.14.0.1'") from exc
+
+    def quantize(self, model: Any, tokenizer: Any, plan: Any, calib: Any, scheme: str, out_dir: Path,
+                 progress: Callable[[str, int, int], None] | None = None, kv_cache: str = "none") -> BackendResult:
+        from datasets import Dataset
+        from llmcompressor import oneshot
+        from llmcompressor.modifiers.quantization import QuantizationModifier
+
+        from loguru import logger
+
+        logger.disable("llmcompressor")  # its INFO lines drown quantkit's progress; errors still raise
+        logger.disable("compressed_tensors")
+        ignore = ignore_list(plan)
+        kwargs = {}
+        if kv_cache == "fp8":
+            kwargs["kv_cache_scheme"] = {"num_bits": 8, "type": "float", "strategy": "tensor", "dynamic": False,
+                                         "symmetric": True}
+        recipe = QuantizationModifier(targets="Linear", scheme=_SCHEMES[scheme], ignore=ignore, **kwargs)
+        ds = Dataset.from_dict({"input_ids": calib.input_ids,
+                                "attention_mask": [[1] * len(x) for x in calib.input_ids]})
+        timer = StepTimer()
+        with timer("calibrate"):
+            oneshot(model=model, processor=tokenizer, dataset=ds, recipe=recipe,
+                    num_calibration_samples=len(calib.input_ids), max_seq_length=calib.seq_len)
+        with timer("export"):
+            model.save_pretrained(out_dir, save_compressed=True)
+            _append_regex_ignores(out_dir / "config.json", [e for e in ignore if e.startswith("re:")])
+        return BackendResult(self.format, timer.timings, native_config={"ignore": ignore, "scheme": _SCHEMES[scheme]})
+
+
+def _append_regex_ignores(config_json: Path, regexes: list[str]) -> None:
+    cfg = json.loads(config_json.read_text())
+    qc = cfg.get("quantization_config") or {}
+    ign = list(qc.get("ignore") or [])
+    ign += [r for r in regexes if r not in ign]
+    qc["ignore"] = ign
+    cfg["quantization_config"] = qc
+    config_json.write_text(json.dumps(cfg, indent=2) + "\n")

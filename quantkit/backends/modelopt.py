@@ -1,0 +1,68 @@
+"""NVIDIA ModelOpt: `mtq.quantize` with an NVFP4 config, then `export_hf_checkpoint`.
+
+The plan's kept modules are disabled by exact name (`<module>.*` entries appended to
+`quant_cfg`, where later entries win), so ModelOpt quantizes exactly what the plan shows.
+Calibration runs on CPU or GPU; a forward pass through ModelOpt's NVFP4 fake-quant model
+asserts CUDA, so quality is judged through the exported checkpoint, never in-process."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any, Callable
+
+from quantkit.backends.base import BackendResult, StepTimer
+from quantkit.errors import BackendError
+from quantkit.patterns import to_modelopt_disabled
+
+__all__ = ["ModelOptBackend"]
+
+_CONFIGS = {"nvfp4": "NVFP4_DEFAULT_CFG", "nvfp4-weight-only": "W4A16_NVFP4_CFG"}
+
+
+class ModelOptBackend:
+    name = "modelopt"
+    format = "modelopt"
+
+    def check_available(self) -> None:
+        try:
+            import modelopt.torch.quantization  # noqa: F401
+        except ImportError as exc:
+            raise BackendError(f"nvidia-modelopt is not importable: {exc}",
+                               hint="pip install 'nvidia-modelopt==0.47.0' (without the [hf] extra)") from exc
+
+    def quant_config(self, plan: Any, scheme: str, kv_cache: str = "none") -> dict:
+        import modelopt.torch.quantization as mtq
+
+        cfg = copy.deepcopy(getattr(mtq, _CONFIGS[scheme]))
+        entries = cfg["quant_cfg"]
+        for pattern, body in to_modelopt_disabled(plan.kept_names()).items():
+            entries.append({"quantizer_name": pattern, **body})
+        if kv_cache == "fp8":
+            entries.append({"quantizer_name": "*[kv]_bmm_quantizer", "num_bits": (4, 3), "axis": None, "enable": True})
+        return cfg
+
+    def quantize(self, model: Any, tokenizer: Any, plan: Any, calib: Any, scheme: str, out_dir: Path,
+                 progress: Callable[[str, int, int], None] | None = None, kv_cache: str = "none") -> BackendResult:
+        import torch
+        import modelopt.torch.quantization as mtq
+        from modelopt.torch.export import export_hf_checkpoint
+
+        cfg = self.quant_config(plan, scheme, kv_cache)
+        device = next(model.parameters()).device
+        samples = calib.tensors()
+        timer = StepTimer()
+
+        def forward_loop(m):
+            with torch.no_grad():
+                for i, ids in enumerate(samples):
+                    m(ids.to(device))
+                    if progress:
+                        progress("calibrate", i + 1, len(samples))
+
+        with timer("calibrate"):
+            mtq.quantize(model, cfg, forward_loop)
+        with timer("export"):
+            export_hf_checkpoint(model, export_dir=str(out_dir))
+        return BackendResult(self.format, timer.timings,
+                             native_config={"base": _CONFIGS[scheme], "disabled_modules": len(plan.kept_names())})

@@ -1,0 +1,2 @@
+"""Checkpoint files: safetensors headers, format metadata, the quantkit.json manifest, and the
+self-checks every produced checkpoint must pass."""

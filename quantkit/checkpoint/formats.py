@@ -1,0 +1,133 @@
+"""Checkpoint formats from metadata and tensors: ModelOpt NVFP4 vs compressed-tensors NVFP4
+(vs FP8, mixed, unquantized), the precision of every stored module, and which modules the
+metadata declares unquantized (ModelOpt `exclude_modules` / compressed-tensors `ignore`)."""
+
+from __future__ import annotations
+
+import fnmatch
+import json
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from quantkit.checkpoint.headers import TensorInfo
+
+__all__ = ["StoredModule", "FormatInfo", "stored_modules", "detect_format", "declared_unquantized",
+           "is_embedding"]
+
+_SUFFIXES = ("weight_packed", "weight_scale_2", "weight_global_scale", "weight_scale", "input_global_scale",
+             "input_scale", "weight_zero_point", "k_scale", "v_scale", "weight", "bias")
+_FLOAT = {"BF16": "bf16", "F16": "f16", "F32": "f32"}
+
+
+@dataclass(frozen=True)
+class StoredModule:
+    name: str
+    precision: str  # fp4 | fp8 | bf16 | f16 | f32
+    params: int  # logical parameter count (packed FP4 counts 2 per byte)
+    nbytes: int
+    tensors: tuple[str, ...]
+    ndim: int
+
+
+def is_embedding(name: str) -> bool:
+    return "embed" in name.rsplit(".", 1)[-1] or name.endswith(("embed_tokens", "embeddings", "wte"))
+
+
+def stored_modules(tensors: dict[str, TensorInfo]) -> dict[str, StoredModule]:
+    """Group tensors by module and classify each module holding a >=2-D weight."""
+    by_mod: dict[str, dict[str, TensorInfo]] = {}
+    for name, t in tensors.items():
+        mod, _, leaf = name.rpartition(".")
+        if leaf in _SUFFIXES and mod:
+            by_mod.setdefault(mod, {})[leaf] = t
+    out: dict[str, StoredModule] = {}
+    for mod, parts in by_mod.items():
+        names = tuple(sorted(t.name for t in parts.values()))
+        nbytes = sum(t.nbytes for t in parts.values())
+        packed = parts.get("weight_packed")
+        w = parts.get("weight")
+        scale = parts.get("weight_scale")
+        if packed is not None and packed.dtype == "U8":
+            out[mod] = StoredModule(mod, "fp4", packed.numel * 2, nbytes, names, len(packed.shape))
+        elif w is not None and w.dtype == "U8" and scale is not None and scale.dtype.startswith("F8"):
+            out[mod] = StoredModule(mod, "fp4", w.numel * 2, nbytes, names, len(w.shape))
+        elif w is not None and w.dtype.startswith("F8"):
+            out[mod] = StoredModule(mod, "fp8", w.numel, nbytes, names, len(w.shape))
+        elif w is not None and w.dtype in _FLOAT and len(w.shape) >= 2:
+            out[mod] = StoredModule(mod, _FLOAT[w.dtype], w.numel, nbytes, names, len(w.shape))
+    return out
+
+
+@dataclass
+class FormatInfo:
+    kind: str  # modelopt-nvfp4 | compressed-tensors-nvfp4 | modelopt-fp8 | compressed-tensors-fp8 | mixed | unquantized | unknown
+    quant_method: str | None
+    producer: str | None = None
+    producer_version: str | None = None
+    quant_algo: str | None = None
+    ct_format: str | None = None
+    group_size: int | None = None
+    kv_cache: str | None = None
+    unquantized_entries: list[str] = field(default_factory=list)  # exclude_modules / ignore as written
+    config_quant: dict = field(default_factory=dict)
+    hf_quant_config: dict | None = None
+
+    def to_dict(self) -> dict:
+        return {k: v for k, v in self.__dict__.items() if k not in ("config_quant", "hf_quant_config")}
+
+
+def _read_json(p: Path) -> dict | None:
+    return json.loads(p.read_text()) if p.is_file() else None
+
+
+def detect_format(ckpt: str | Path) -> FormatInfo:
+    ckpt = Path(ckpt)
+    cfg = _read_json(ckpt / "config.json") or {}
+    qc = cfg.get("quantization_config") or {}
+    hfq = _read_json(ckpt / "hf_quant_config.json")
+    method = qc.get("quant_method")
+    if hfq is not None or method == "modelopt":
+        q = (hfq or {}).get("quantization", {}) if hfq else qc
+        algo = q.get("quant_algo") or qc.get("quant_algo")
+        prod = (hfq or qc).get("producer", {}) or {}
+        kind = {"NVFP4": "modelopt-nvfp4", "FP8": "modelopt-fp8", "MIXED_PRECISION": "mixed"}.get(algo, "unknown")
+        entries = list(q.get("exclude_modules") or qc.get("ignore") or [])
+        return FormatInfo(kind, method, prod.get("name"), prod.get("version"), algo, None, q.get("group_size"),
+                          q.get("kv_cache_quant_algo"), entries, qc, hfq)
+    if method == "compressed-tensors":
+        fmt = qc.get("format")
+        groups = qc.get("config_groups") or {}
+        fmts = {g.get("format", fmt) for g in groups.values()} or {fmt}
+        if fmts == {"nvfp4-pack-quantized"}:
+            kind = "compressed-tensors-nvfp4"
+        elif fmts == {"float-quantized"}:
+            kind = "compressed-tensors-fp8"
+        elif len(fmts) > 1 or fmt == "mixed-precision":
+            kind = "mixed"
+        else:
+            kind = "unknown"
+        gs = next((g.get("weights", {}).get("group_size") for g in groups.values()), None)
+        kv = qc.get("kv_cache_scheme")
+        return FormatInfo(kind, method, "compressed-tensors", qc.get("version"), None, fmt, gs,
+                          json.dumps(kv) if kv else None, list(qc.get("ignore") or []), qc, None)
+    if method:
+        return FormatInfo("unknown", method, config_quant=qc)
+    return FormatInfo("unquantized", None)
+
+
+def _entry_matches(entry: str, module: str, style: str) -> bool:
+    if style == "modelopt":  # fnmatch wildcards on module names, as ModelOpt's export writes them
+        return fnmatch.fnmatchcase(module, entry)
+    if entry.startswith("re:"):  # compressed-tensors / vLLM: re.match
+        return re.match(entry[3:], module) is not None
+    return module == entry
+
+
+def declared_unquantized(info: FormatInfo, module: str) -> str | None:
+    """The metadata entry that declares `module` unquantized, or None."""
+    style = "modelopt" if info.kind.startswith("modelopt") or info.quant_method == "modelopt" else "ct"
+    for e in info.unquantized_entries:
+        if _entry_matches(e, module, style):
+            return e
+    return None

@@ -1,0 +1,1 @@
+"""The command line: typer wiring only. The library never imports this package."""

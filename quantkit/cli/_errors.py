@@ -1,0 +1,63 @@
+"""The one error boundary: every exception leaving a command becomes one line on stderr plus
+the next step, and an exit code CI can gate on. Tracebacks only with --debug (or
+QUANTKIT_DEBUG=1)."""
+
+from __future__ import annotations
+
+import os
+import sys
+from typing import Callable
+
+import click
+
+from quantkit.errors import QuantkitError
+
+__all__ = ["run_with_boundary", "EXIT_USAGE", "EXIT_INTERRUPTED"]
+
+EXIT_USAGE = 3
+EXIT_INTERRUPTED = 130
+
+
+def _debug(argv: list[str]) -> bool:
+    return "--debug" in argv or os.environ.get("QUANTKIT_DEBUG") == "1"
+
+
+def _say(msg: str, hint: str | None = None) -> None:
+    line = f"error: {msg}"
+    if hint:
+        line += f" -> {hint}"
+    print(line, file=sys.stderr)
+
+
+def run_with_boundary(command: click.Command, argv: list[str]) -> int:
+    debug = _debug(argv)
+    try:
+        result = command.main(args=argv, prog_name="quantkit", standalone_mode=False)
+        return result if isinstance(result, int) else 0
+    except QuantkitError as exc:
+        if debug:
+            raise
+        _say(exc.message, exc.hint)
+        return exc.exit_code
+    except click.exceptions.Abort:
+        _say("interrupted", "nothing was written to the output path; run the command again")
+        return EXIT_INTERRUPTED
+    except KeyboardInterrupt:
+        _say("interrupted", "nothing was written to the output path; run the command again")
+        return EXIT_INTERRUPTED
+    except click.exceptions.ClickException as exc:
+        exc.show()
+        return EXIT_USAGE
+    except click.exceptions.Exit as exc:
+        return exc.exit_code
+    except MemoryError:
+        if debug:
+            raise
+        _say("out of memory", "use fewer calibration samples (--samples) or a machine with more memory")
+        return 1
+    except Exception as exc:  # an unexpected failure: still one line, traceback on demand
+        if debug:
+            raise
+        first = (str(exc).splitlines() or [""])[0]
+        _say(f"{type(exc).__name__}: {first}", "run again with --debug for the traceback, and report it if it is a quantkit bug")
+        return 1

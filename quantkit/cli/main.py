@@ -1,0 +1,56 @@
+"""Entry point: wires the command groups, nothing else."""
+
+from __future__ import annotations
+
+import sys
+
+import typer
+
+from quantkit import __version__
+from quantkit.cli import plan as plan_cmd
+from quantkit.cli import quantize as quantize_cmd
+from quantkit.cli import recipes as recipes_cmd
+from quantkit.cli._errors import run_with_boundary
+
+app = typer.Typer(
+    name="quantkit",
+    help="NVFP4 quantization and model packaging for NVIDIA Blackwell (DGX Spark).\n\n"
+         "Examples:\n\n"
+         "  quantkit recipes\n\n"
+         "  quantkit plan grm-27b --config ./GRM-2.6-Opus/config.json\n\n"
+         "  quantkit quantize smollm2-135m --format both --out out/smollm2\n\n"
+         "  quantkit quantize grm-27b --exclude '*linear_attn*' --format modelopt --out out/grm-27b-nvfp4",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+
+
+def _version(value: bool) -> None:
+    if value:
+        print(f"quantkit {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="print the version"),
+    debug: bool = typer.Option(False, "--debug", help="show full tracebacks on errors"),
+) -> None:
+    """NVFP4 quantization and model packaging for NVIDIA Blackwell."""
+
+
+recipes_cmd.register(app)
+plan_cmd.register(app)
+quantize_cmd.register(app)
+
+
+def main(argv: list[str] | None = None) -> int:
+    code = run_with_boundary(typer.main.get_command(app), list(sys.argv[1:] if argv is None else argv))
+    if argv is None:
+        sys.exit(code)
+    return code
+
+
+if __name__ == "__main__":
+    main()

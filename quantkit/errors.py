@@ -1,0 +1,71 @@
+"""The error types the library raises. The CLI's one error boundary turns them into a
+single line plus the next step (`hint`); nothing else in the library prints errors."""
+
+from __future__ import annotations
+
+__all__ = [
+    "QuantkitError",
+    "RecipeError",
+    "ModelSourceError",
+    "PatternError",
+    "PlanError",
+    "BackendError",
+    "VerificationError",
+    "CalibrationError",
+]
+
+
+class QuantkitError(Exception):
+    """Base for every error quantkit expects. `hint` says what the user can do next.
+
+    Exit codes (the same for every command, so CI can gate on them): 0 success, 1 a failed
+    check or step (verification, backend, sanity), 2 a serving engine failed to start or died,
+    3 bad input (recipe, pattern, model source, calibration spec, command-line usage)."""
+
+    exit_code = 1
+
+    def __init__(self, message: str, hint: str | None = None):
+        super().__init__(message)
+        self.message = message
+        self.hint = hint
+
+    def __str__(self) -> str:  # pragma: no cover - trivial
+        return self.message
+
+
+class RecipeError(QuantkitError):
+    """A recipe could not be found, parsed or validated."""
+
+    exit_code = 3
+
+
+class ModelSourceError(QuantkitError):
+    """The model (config, weights, tokenizer) could not be located or read."""
+
+    exit_code = 3
+
+
+class PatternError(QuantkitError):
+    """An exclusion pattern is malformed, or (with --strict) matched nothing."""
+
+    exit_code = 3
+
+
+class PlanError(QuantkitError):
+    """The quantization plan is impossible (e.g. nothing left to quantize)."""
+
+    exit_code = 3
+
+
+class CalibrationError(QuantkitError):
+    """Calibration data could not be prepared."""
+
+    exit_code = 3
+
+
+class BackendError(QuantkitError):
+    """A quantization backend is missing or failed."""
+
+
+class VerificationError(QuantkitError):
+    """A produced checkpoint failed quantkit's own checks; it was not written to --out."""

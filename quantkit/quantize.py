@@ -1,0 +1,228 @@
+"""The quantize pipeline: recipe -> plan -> load -> calibration -> backend -> verify ->
+manifest -> atomic rename. An interrupted or failed run leaves nothing at --out."""
+
+from __future__ import annotations
+
+import copy
+import os
+import resource
+import shutil
+import tempfile
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator
+
+import yaml
+
+from quantkit.errors import QuantkitError, RecipeError
+from quantkit.progress import SILENT, Reporter
+from quantkit.recipe import FORMAT_BACKEND, Recipe
+
+__all__ = ["QuantizeOptions", "VariantResult", "quantize", "atomic_dir", "FORMAT_DIRS", "parse_format"]
+
+FORMAT_DIRS = {"modelopt": "modelopt", "compressed-tensors": "ct"}
+_FORMAT_ALIASES = {"modelopt": ["modelopt"], "compressed-tensors": ["compressed-tensors"], "ct": ["compressed-tensors"],
+                   "both": ["modelopt", "compressed-tensors"]}
+
+
+def parse_format(value: str) -> list[str]:
+    try:
+        return list(_FORMAT_ALIASES[value])
+    except KeyError:
+        raise RecipeError(f"unknown format {value!r}; use modelopt, compressed-tensors (ct) or both",
+                          hint="e.g. --format both") from None
+
+
+@dataclass
+class QuantizeOptions:
+    formats: list[str] | None = None
+    backend: str | None = None
+    exclude: list[str] = field(default_factory=list)
+    out: Path | None = None
+    overwrite: bool = False
+    strict: bool = False
+    samples: int | None = None
+    seq_len: int | None = None
+    model: str | None = None
+
+
+@dataclass
+class VariantResult:
+    format: str
+    backend: str
+    path: Path
+    manifest: dict
+    timings: dict[str, float]
+    peak_rss_bytes: int
+    fp4_modules: int
+    kept_modules: int
+    size_bytes: int
+    source_bytes: int
+
+
+def _peak_rss() -> int:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+@contextmanager
+def atomic_dir(final: Path, overwrite: bool = False) -> Iterator[Path]:
+    """Yield a temporary sibling of `final`; rename it to `final` only if the block succeeds."""
+    final = Path(final)
+    if final.exists() and not overwrite:
+        raise RecipeError(f"output path exists: {final}", hint="choose another --out, or pass --overwrite")
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.partial-", dir=final.parent))
+    try:
+        yield tmp
+        _normalize_modes(tmp)
+        if final.exists():
+            trash = final.with_name(f".{final.name}.old-{os.getpid()}")
+            os.replace(final, trash)
+            os.replace(tmp, final)
+            shutil.rmtree(trash, ignore_errors=True)
+        else:
+            os.replace(tmp, final)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _normalize_modes(root: Path) -> None:
+    """mkdtemp makes 0700 dirs and some writers 0600 files: give the result the usual modes."""
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(root, 0o777 & ~umask)
+    for p in root.rglob("*"):
+        os.chmod(p, (0o777 if p.is_dir() else 0o666) & ~umask)
+
+
+def resolve_formats(recipe: Recipe, opts: QuantizeOptions) -> list[str]:
+    if opts.formats:
+        formats = opts.formats
+    elif opts.backend:
+        formats = [f for f, b in FORMAT_BACKEND.items() if b == opts.backend]
+    else:
+        formats = recipe.resolved_formats()
+    if opts.backend and any(FORMAT_BACKEND[f] != opts.backend for f in formats):
+        raise RecipeError(f"--backend {opts.backend} cannot write format(s) {', '.join(formats)}",
+                          hint="modelopt writes modelopt, llmcompressor writes compressed-tensors; use --format both for both")
+    return formats
+
+
+def apply_options(recipe: Recipe, opts: QuantizeOptions) -> Recipe:
+    r = recipe.model_copy(deep=True)
+    if opts.model:
+        r.model.source = opts.model
+    if opts.samples:
+        r.calibration.samples = opts.samples
+    if opts.seq_len:
+        r.calibration.seq_len = opts.seq_len
+    return r
+
+
+def _load(local: Path, recipe: Recipe, reporter: Reporter):
+    import torch
+    from transformers import AutoTokenizer
+
+    from quantkit.modules import model_class_for
+    from quantkit.source import load_config
+
+    config = load_config(str(local), trust_remote_code=recipe.model.trust_remote_code)
+    reporter.stage("load", f"{local}")
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    model = model_class_for(config).from_pretrained(
+        str(local), dtype=torch.bfloat16, trust_remote_code=recipe.model.trust_remote_code).to(device).eval()
+    tok = AutoTokenizer.from_pretrained(str(local), trust_remote_code=recipe.model.trust_remote_code)
+    return config, model, tok
+
+
+def _dir_bytes(p: Path) -> int:
+    return sum(f.stat().st_size for f in p.rglob("*.safetensors"))
+
+
+def quantize(recipe: Recipe, opts: QuantizeOptions, reporter: Reporter = SILENT) -> list[VariantResult]:
+    from quantkit.backends import get_backend
+    from quantkit.calib import build_calibration
+    from quantkit.checkpoint.manifest import write_manifest
+    from quantkit.checkpoint.verify import verify_checkpoint
+    from quantkit.plan import build_plan
+    from quantkit.source import local_checkpoint
+
+    recipe = apply_options(recipe, opts)
+    formats = resolve_formats(recipe, opts)
+    backends = {f: get_backend(FORMAT_BACKEND[f]) for f in formats}
+    for b in backends.values():
+        b.check_available()
+    base_out = Path(opts.out) if opts.out else Path("out") / (recipe.name if len(formats) > 1 else f"{recipe.name}-nvfp4")
+    outs = {f: (base_out / FORMAT_DIRS[f] if len(formats) > 1 else base_out) for f in formats}
+    for f, p in outs.items():
+        if p.exists() and not opts.overwrite:
+            raise RecipeError(f"output path exists: {p}", hint="choose another --out, or pass --overwrite")
+
+    t0 = time.perf_counter()
+    reporter.stage("resolve", recipe.model.source)
+    local = local_checkpoint(recipe.model.source, recipe.model.revision)
+    config, model, tok = _load(local, recipe, reporter)
+    t_load = time.perf_counter() - t0
+    plans = {f: build_plan(config, model_source=recipe.model.source, backend=FORMAT_BACKEND[f], scheme=recipe.scheme,
+                           recipe_rules=recipe.patterns(), cli_patterns=opts.exclude, family=recipe.family,
+                           strict=opts.strict, model=model) for f in formats}
+    for w in plans[formats[0]].warnings:
+        reporter.info(f"warning: {w}")
+    reporter.stage("calibration data", recipe.calibration.dataset)
+    c = recipe.calibration
+    calib = build_calibration(tok, c.dataset, c.samples, c.seq_len, c.seed)
+    if len(calib.input_ids) < c.samples:
+        reporter.info(f"note: {c.dataset} has {len(calib.input_ids)} samples; {c.samples} were asked for")
+
+    resolved = recipe.model_dump(mode="json", by_alias=True, exclude_none=True)
+    if opts.exclude:
+        resolved["exclude"] = resolved.get("exclude", []) + [
+            {"pattern": p, "reason": "excluded on the command line (--exclude)"} for p in opts.exclude]
+    results = []
+    for i, fmt in enumerate(formats):
+        backend, plan = backends[fmt], plans[fmt]
+        work_model = copy.deepcopy(model) if i < len(formats) - 1 else model
+        reporter.stage(f"quantize [{fmt}]", f"{backend.name}: {len(plan.fp4)} FP4, {len(plan.kept)} kept")
+        t_start = time.perf_counter()
+        with atomic_dir(outs[fmt], overwrite=opts.overwrite) as tmp:
+            res = backend.quantize(work_model, tok, plan, calib, recipe.scheme, tmp,
+                                   progress=reporter.advance, kv_cache=recipe.kv_cache)
+            tok.save_pretrained(tmp)
+            if (local / "generation_config.json").is_file() and not (tmp / "generation_config.json").is_file():
+                shutil.copy2(local / "generation_config.json", tmp / "generation_config.json")
+            (tmp / "quantkit-recipe.yaml").write_text(yaml.safe_dump(resolved, sort_keys=False))
+            reporter.stage(f"verify [{fmt}]")
+            with _timed(res.timings, "verify"):
+                report = verify_checkpoint(tmp, plan, fmt, source=local)
+            for fix in report.fixes:
+                reporter.info(f"fixed: {fix}")
+            for w in report.warnings:
+                reporter.info(f"warning: {w}")
+            timings = {"load": round(t_load, 3), **res.timings}
+            manifest = write_manifest(tmp, {
+                "format": fmt, "backend": backend.name, "scheme": recipe.scheme,
+                "source": {"model": recipe.model.source, "revision": recipe.model.revision, "local_path": str(local)},
+                "recipe": resolved,
+                "plan": {**plan.to_dict()["summary"], "families": plan.families,
+                         "kept": [{"module": d.module.name, "reason": d.reason, "source": d.source} for d in plan.kept],
+                         "rules": [r.to_dict() for r in plan.rules if r.source in ("cli", "recipe")]},
+                "calibration": calib.describe(),
+                "verification": report.to_dict(),
+                "run": {"timings_s": timings, "peak_rss_bytes": _peak_rss(),
+                        "wall_s": round(time.perf_counter() - t_start, 3)},
+            })
+            size = _dir_bytes(tmp)
+        results.append(VariantResult(fmt, backend.name, outs[fmt], manifest, timings, _peak_rss(),
+                                     report.fp4_modules, len(plan.kept), size, plan.source_bytes))
+        del work_model
+    return results
+
+
+@contextmanager
+def _timed(timings: dict, key: str):
+    t = time.perf_counter()
+    yield
+    timings[key] = round(time.perf_counter() - t, 3)

@@ -1,0 +1,211 @@
+"""The recipe: a YAML file that says what to quantize, how, and what to keep out of FP4.
+
+Loaded into strict pydantic models (unknown keys are errors, with the file and line). A recipe
+argument is resolved without guessing: a shipped recipe name, a path ending in .yaml/.yml,
+a local checkpoint directory, or a Hub model id (`org/name`), in that order.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from quantkit.errors import PatternError, RecipeError
+from quantkit.patterns import Pattern
+from quantkit.resources import data_dir
+
+__all__ = [
+    "Recipe",
+    "ModelSource",
+    "ExcludeRule",
+    "Calibration",
+    "FORMAT_BACKEND",
+    "FORMATS",
+    "load_recipe",
+    "resolve_recipe",
+    "shipped_recipes",
+]
+
+Format = Literal["modelopt", "compressed-tensors"]
+Backend = Literal["modelopt", "llmcompressor"]
+FORMATS: tuple[str, ...] = ("modelopt", "compressed-tensors")
+# Each checkpoint format has exactly one producer: ModelOpt writes its own format
+# (hf_quant_config.json, quant_method: modelopt); llm-compressor writes compressed-tensors.
+FORMAT_BACKEND: dict[str, str] = {"modelopt": "modelopt", "compressed-tensors": "llmcompressor"}
+_HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*$")
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=False)
+
+
+class ModelSource(_Strict):
+    source: str = Field(description="Hub id (org/name), local checkpoint dir, or embedded:<name>")
+    revision: str | None = None
+    trust_remote_code: bool = False
+    config: str | None = Field(None, description="a config.json to plan with, instead of the source's")
+
+
+class ExcludeRule(_Strict):
+    pattern: str
+    reason: str = Field(min_length=3)
+
+    @field_validator("pattern")
+    @classmethod
+    def _valid_pattern(cls, v: str) -> str:
+        try:
+            Pattern(v)
+        except PatternError as exc:  # re-raised as ValueError so pydantic reports the location
+            raise ValueError(exc.message) from None
+        return v
+
+
+class Calibration(_Strict):
+    dataset: str = "bundled-en"
+    samples: int = Field(64, ge=1, le=100_000)
+    seq_len: int = Field(512, ge=16, le=131_072)
+    seed: int = 0
+    batch_size: int = Field(1, ge=1)
+
+
+class ValidateSection(_Strict):
+    engine: str = "vllm"
+    suite: str = "smoke"
+    max_ppl_ratio: float | None = Field(None, gt=1.0)
+    engine_args: list[str] = []
+
+
+class PublishSection(_Strict):
+    to: str | None = None
+    private: bool = True
+    license: str | None = None
+
+
+class Recipe(_Strict):
+    name: str = Field(pattern=r"^[a-z0-9][a-z0-9._-]*$")
+    description: str = ""
+    model: ModelSource
+    family: str | None = Field(None, description="architecture family; auto-detected from config.json")
+    backend: Backend | None = None
+    formats: list[Format] | None = None
+    scheme: Literal["nvfp4", "nvfp4-weight-only"] = "nvfp4"
+    kv_cache: Literal["none", "fp8"] = "none"
+    exclude: list[ExcludeRule] = []
+    calibration: Calibration = Calibration()
+    validate_: ValidateSection = Field(ValidateSection(), alias="validate")
+    publish: PublishSection = PublishSection()
+    notes: str = ""
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+    @model_validator(mode="after")
+    def _formats_and_backend(self) -> "Recipe":
+        if self.formats is not None:
+            if not self.formats:
+                raise ValueError("formats must not be empty")
+            if len(set(self.formats)) != len(self.formats):
+                raise ValueError("formats lists a format twice")
+            if self.backend is not None and len(self.formats) == 1 and FORMAT_BACKEND[self.formats[0]] != self.backend:
+                raise ValueError(
+                    f"backend {self.backend!r} cannot write format {self.formats[0]!r} "
+                    f"(it is written by {FORMAT_BACKEND[self.formats[0]]!r})"
+                )
+        return self
+
+    def resolved_formats(self) -> list[str]:
+        if self.formats:
+            return list(self.formats)
+        backend = self.backend or "modelopt"
+        return [f for f, b in FORMAT_BACKEND.items() if b == backend]
+
+    def patterns(self) -> list[tuple[Pattern, str]]:
+        return [(Pattern(r.pattern), r.reason) for r in self.exclude]
+
+
+# ---------------------------------------------------------------------------- loading
+def shipped_recipes() -> dict[str, Path]:
+    """Shipped recipe names -> files."""
+    root = data_dir("recipes")
+    return {p.stem: p for p in sorted(root.glob("*.yaml"))}
+
+
+def _line_of(text: str, loc: tuple) -> int | None:
+    """Best-effort line number of a pydantic error location in the YAML text."""
+    node = yaml.compose(text)
+    line = None
+    for key in loc:
+        if node is None:
+            break
+        if isinstance(node, yaml.MappingNode):
+            nxt = None
+            for k, v in node.value:
+                if k.value == key:
+                    line, nxt = k.start_mark.line + 1, v
+                    break
+            node = nxt
+        elif isinstance(node, yaml.SequenceNode) and isinstance(key, int) and key < len(node.value):
+            node = node.value[key]
+            line = node.start_mark.line + 1
+        else:
+            break
+    return line
+
+
+def load_recipe(path: str | Path) -> Recipe:
+    """Load and validate one recipe file. Errors name the file and line."""
+    path = Path(path)
+    if not path.is_file():
+        raise RecipeError(f"recipe file not found: {path}", hint="check the path, or run `quantkit recipes`")
+    text = path.read_text(encoding="utf-8")
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}" if mark else str(path)
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise RecipeError(f"{where}: invalid YAML: {problem}", hint="fix the YAML syntax at that line") from exc
+    if not isinstance(data, dict):
+        raise RecipeError(f"{path}: a recipe must be a YAML mapping", hint="see docs/recipes.md for the schema")
+    try:
+        return Recipe.model_validate(data)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        loc = tuple(err["loc"])
+        line = _line_of(text, loc)
+        where = f"{path}:{line}" if line else str(path)
+        field = ".".join(str(x) for x in loc) or "(top level)"
+        msg = err["msg"]
+        if err["type"] == "extra_forbidden":
+            msg = "unknown key"
+        more = f" (+{len(exc.errors()) - 1} more)" if len(exc.errors()) > 1 else ""
+        raise RecipeError(f"{where}: {field}: {msg}{more}", hint="see docs/recipes.md for the schema") from exc
+
+
+def _adhoc(source: str) -> Recipe:
+    slug = re.sub(r"[^a-z0-9._-]+", "-", source.lower().rstrip("/").split("/")[-1]) or "model"
+    return Recipe(name=slug.strip("-.") or "model", description=f"ad-hoc recipe for {source}",
+                  model=ModelSource(source=source))
+
+
+def resolve_recipe(arg: str) -> Recipe:
+    """A recipe argument -> Recipe. Never guesses between a path and YAML text."""
+    shipped = shipped_recipes()
+    if arg in shipped:
+        return load_recipe(shipped[arg])
+    if arg.endswith((".yaml", ".yml")):
+        return load_recipe(arg)
+    p = Path(arg)
+    if p.is_dir():
+        if not (p / "config.json").is_file():
+            raise RecipeError(f"{arg} is a directory without config.json",
+                              hint="point at a Hugging Face checkpoint directory")
+        return _adhoc(str(p))
+    if _HUB_ID.match(arg) and not p.exists():
+        return _adhoc(arg)
+    known = ", ".join(shipped) or "(none)"
+    raise RecipeError(f"unknown recipe {arg!r}; shipped recipes: {known}",
+                      hint="run `quantkit recipes`, or pass a .yaml file, a checkpoint dir, or a Hub id org/name")
