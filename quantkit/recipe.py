@@ -178,7 +178,7 @@ def load_recipe(path: str | Path) -> Recipe:
         line = _line_of(text, loc)
         where = f"{path}:{line}" if line else str(path)
         field = ".".join(str(x) for x in loc) or "(top level)"
-        msg = err["msg"]
+        msg = err["msg"].removeprefix("Value error, ")
         if err["type"] == "extra_forbidden":
             msg = "unknown key"
         more = f" (+{len(exc.errors()) - 1} more)" if len(exc.errors()) > 1 else ""

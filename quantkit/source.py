@@ -61,15 +61,14 @@ def load_config(source: str, revision: str | None = None, trust_remote_code: boo
     from transformers import AutoConfig
 
     path = Path(config_path) if config_path else local_checkpoint(source, revision, config_only=True)
-    data = read_config_dict(path)
+    data = read_config_dict(path)  # clear errors for a missing file or bad JSON, before transformers
     model_type = data.get("model_type")
     if not model_type:
         raise ModelSourceError(f"{path}: config.json has no model_type", hint="is this a transformers checkpoint?")
+    target = path / "config.json" if path.is_dir() else path
     try:
-        data = dict(data)
-        data.pop("model_type")
-        data.pop("transformers_version", None)
-        return AutoConfig.for_model(model_type, **data)
+        return AutoConfig.from_pretrained(str(target), trust_remote_code=trust_remote_code)
     except ValueError as exc:
-        raise ModelSourceError(f"transformers does not know model_type {model_type!r}: {str(exc).splitlines()[0]}",
-                               hint="upgrade transformers within quantkit's pinned range, or set trust_remote_code in the recipe") from exc
+        raise ModelSourceError(f"transformers cannot build model_type {model_type!r}: {str(exc).splitlines()[0]}",
+                               hint="upgrade transformers within quantkit's pinned range, or set "
+                                    "model.trust_remote_code: true in the recipe if you trust its code") from exc

@@ -24,8 +24,10 @@ def render_plan(plan, show_all: bool = False) -> None:
     console.print(f"[bold]{plan.model_source}[/]  {plan.architecture} ({plan.model_type})  "
                   f"families: {', '.join(plan.families)}  backend: {plan.backend}")
     t = Table(box=None, pad_edge=False, show_edge=False)
-    for col in ("module (layers folded)", "kind", "n", "precision", "rule / reason"):
-        t.add_column(col, overflow="fold")
+    t.add_column("module (layers folded)", no_wrap=True)
+    for col in ("kind", "n", "precision"):
+        t.add_column(col, no_wrap=True)
+    t.add_column("rule / reason", overflow="fold", ratio=1)
     for g in d["groups"]:
         if not show_all and g["precision"] == "fp4" and g["reason"] == "NVFP4":
             prec = "[green]FP4[/]"
