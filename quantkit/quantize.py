@@ -73,7 +73,8 @@ def atomic_dir(final: Path, overwrite: bool = False) -> Iterator[Path]:
     if final.exists() and not overwrite:
         raise RecipeError(f"output path exists: {final}", hint="choose another --out, or pass --overwrite")
     final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.partial-", dir=final.parent))
+    _remove_stale_partials(final)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.partial-{os.getpid()}-", dir=final.parent))
     try:
         yield tmp
         _normalize_modes(tmp)
@@ -87,6 +88,19 @@ def atomic_dir(final: Path, overwrite: bool = False) -> Iterator[Path]:
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _remove_stale_partials(final: Path) -> None:
+    """Temporary siblings left by a run that was killed (SIGKILL, power loss) are removed once
+    their process is gone."""
+    for p in final.parent.glob(f".{final.name}.partial-*"):
+        try:
+            pid = int(p.name.rsplit(".partial-", 1)[1].split("-", 1)[0])
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            shutil.rmtree(p, ignore_errors=True)
+        except (ValueError, PermissionError, IndexError):
+            continue
 
 
 def _normalize_modes(root: Path) -> None:

@@ -104,3 +104,10 @@ def test_recipes_command_one_line_each(capsys):
     lines = capsys.readouterr().out.strip().splitlines()
     assert len(lines) == len(shipped_recipes())
     assert any(line.startswith("grm-27b") and "gdn" in line for line in lines)
+
+
+def test_cli_usage_error_exit_code(capsys):
+    assert main(["quantize", "smollm2-135m", "--samples", "zero"]) == 3
+    assert main(["no-such-command"]) == 3
+    assert main(["quantize", "smollm2-135m", "--format", "gguf", "--out", "/nonexistent/x"]) == 3
+    assert "unknown format" in capsys.readouterr().err

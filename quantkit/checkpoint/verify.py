@@ -20,7 +20,7 @@ __all__ = ["VerifyReport", "verify_checkpoint", "plan_name_for", "EXPECTED_KIND"
 
 EXPECTED_KIND = {"modelopt": "modelopt-nvfp4", "compressed-tensors": "compressed-tensors-nvfp4"}
 MTP_RE = re.compile(r"(^|\.)mtp\.")
-_SENTINEL = re.compile(r"\.?\x00.*$")
+_SENTINEL = re.compile(r"\x00[^*]*")
 
 
 @dataclass
@@ -72,7 +72,9 @@ def _fix_sentinels(ckpt: Path, report: VerifyReport) -> None:
             continue
         fixed = []
         for e in entries:
-            clean = _SENTINEL.sub("", e)
+            clean = _SENTINEL.sub("", e)  # 'backbone.layers.0.\x00...sentinel*' -> 'backbone.layers.0.*'
+            if clean != e and not clean.endswith("*"):
+                clean = clean.rstrip(".")  # 'lm_head.\x00backbone.pt_name_sentinel' -> 'lm_head'
             if clean != e:
                 report.fixes.append(f"{fname}: removed ModelOpt name sentinel from {e!r} -> {clean!r}")
             if clean and clean not in fixed:

@@ -8,7 +8,7 @@ import os
 import sys
 from typing import Callable
 
-import click
+import typer
 
 from quantkit.errors import QuantkitError
 
@@ -29,26 +29,25 @@ def _say(msg: str, hint: str | None = None) -> None:
     print(line, file=sys.stderr)
 
 
-def run_with_boundary(command: click.Command, argv: list[str]) -> int:
+def run_with_boundary(command, argv: list[str]) -> int:
     debug = _debug(argv)
     try:
         result = command.main(args=argv, prog_name="quantkit", standalone_mode=False)
+        if result == EXIT_INTERRUPTED:  # typer turns KeyboardInterrupt into Exit(130)
+            _say("interrupted", "nothing was written to the output path; run the command again")
         return result if isinstance(result, int) else 0
     except QuantkitError as exc:
         if debug:
             raise
         _say(exc.message, exc.hint)
         return exc.exit_code
-    except click.exceptions.Abort:
+    except (typer.Abort, KeyboardInterrupt):
         _say("interrupted", "nothing was written to the output path; run the command again")
         return EXIT_INTERRUPTED
-    except KeyboardInterrupt:
-        _say("interrupted", "nothing was written to the output path; run the command again")
-        return EXIT_INTERRUPTED
-    except click.exceptions.ClickException as exc:
+    except typer.TyperException as exc:  # usage errors (unknown option, bad value...)
         exc.show()
         return EXIT_USAGE
-    except click.exceptions.Exit as exc:
+    except typer.Exit as exc:
         return exc.exit_code
     except MemoryError:
         if debug:

@@ -1,0 +1,104 @@
+"""An interrupted quantize leaves nothing at --out: Ctrl-C (SIGINT) cleans up and exits 130;
+SIGKILL leaves only a hidden partial sibling, which the next run removes."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from tiny_models import save_tiny_checkpoint
+
+pytestmark = pytest.mark.e2e
+
+
+def _start(recipe: Path, out: Path) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "quantkit.cli.main", "quantize", str(recipe), "--out", str(out),
+                             "--format", "ct"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+
+
+def _wait_for_partial(out: Path, proc: subprocess.Popen, timeout: float = 120) -> Path:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        found = list(out.parent.glob(f".{out.name}.partial-*"))
+        if found:
+            return found[0]
+        if proc.poll() is not None:
+            pytest.fail(f"quantize ended before the output was started: {proc.communicate()}")
+        time.sleep(0.02)
+    proc.kill()
+    pytest.fail("no partial output directory appeared")
+
+
+@pytest.fixture()
+def slow_recipe(tmp_path) -> Path:
+    src = tmp_path / "src"
+    save_tiny_checkpoint("llama", src)
+    r = tmp_path / "r.yaml"
+    # enough calibration work (64 x 512 byte-level tokens) to be interrupted mid-way
+    r.write_text(f"name: slow\nmodel:\n  source: {src}\ncalibration:\n  samples: 64\n  seq_len: 512\n")
+    return r
+
+
+def test_sigint_leaves_no_output(slow_recipe, tmp_path):
+    out = tmp_path / "out" / "ckpt"
+    proc = _start(slow_recipe, out)
+    _wait_for_partial(out, proc)
+    time.sleep(0.3)
+    os.killpg(proc.pid, signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    __ = _
+    assert proc.returncode == 130, err
+    assert "interrupted" in err, (err[-2000:], _)
+    assert not out.exists()
+    assert not list(out.parent.glob(".*partial*")), "temporary directory was not cleaned up"
+
+
+def test_sigkill_leaves_no_output_and_next_run_cleans(slow_recipe, tmp_path):
+    out = tmp_path / "out" / "ckpt"
+    proc = _start(slow_recipe, out)
+    partial = _wait_for_partial(out, proc)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait(timeout=60)
+    assert not out.exists()
+    assert partial.exists()
+    from quantkit.quantize import atomic_dir
+
+    with atomic_dir(out) as tmp:
+        (tmp / "x").write_text("done")
+    assert (out / "x").read_text() == "done"
+    assert not partial.exists(), "stale partial of a dead process was not removed"
+
+
+def test_existing_output_is_refused_without_overwrite(tmp_path):
+    from quantkit.errors import RecipeError
+    from quantkit.quantize import atomic_dir
+
+    out = tmp_path / "o"
+    out.mkdir()
+    with pytest.raises(RecipeError):
+        with atomic_dir(out):
+            pass
+    with atomic_dir(out, overwrite=True) as tmp:
+        (tmp / "new").write_text("1")
+    assert (out / "new").is_file()
+
+
+def test_failure_inside_leaves_previous_output_untouched(tmp_path):
+    from quantkit.quantize import atomic_dir
+
+    out = tmp_path / "o"
+    out.mkdir()
+    (out / "old").write_text("keep")
+    with pytest.raises(RuntimeError):
+        with atomic_dir(out, overwrite=True) as tmp:
+            (tmp / "half").write_text("x")
+            raise RuntimeError("crash mid-export")
+    assert (out / "old").read_text() == "keep" and not (out / "half").exists()
+    assert not list(tmp_path.glob(".*partial*"))
