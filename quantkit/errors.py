@@ -12,6 +12,7 @@ __all__ = [
     "BackendError",
     "VerificationError",
     "CalibrationError",
+    "EngineError",
 ]
 
 
@@ -69,3 +70,9 @@ class BackendError(QuantkitError):
 
 class VerificationError(QuantkitError):
     """A produced checkpoint failed quantkit's own checks; it was not written to --out."""
+
+
+class EngineError(QuantkitError):
+    """A serving engine failed to start, died, or never became healthy."""
+
+    exit_code = 2

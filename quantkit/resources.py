@@ -6,9 +6,10 @@ in a source checkout or editable install they are the top-level folders of the r
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
-__all__ = ["data_dir"]
+__all__ = ["data_dir", "cache_root"]
 
 _PKG = Path(__file__).resolve().parent
 
@@ -21,3 +22,8 @@ def data_dir(kind: str) -> Path:
     if packaged.is_dir():
         return packaged
     return _PKG.parent / kind
+
+
+def cache_root() -> Path:
+    """quantkit's cache (embedded models, validation registry): $QUANTKIT_CACHE or ~/.cache/quantkit."""
+    return Path(os.environ.get("QUANTKIT_CACHE", Path.home() / ".cache" / "quantkit"))

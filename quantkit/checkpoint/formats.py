@@ -9,14 +9,15 @@ import json
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 from quantkit.checkpoint.headers import TensorInfo
 
 __all__ = ["StoredModule", "FormatInfo", "stored_modules", "detect_format", "declared_unquantized",
-           "is_embedding"]
+           "unquantized_matcher", "is_embedding"]
 
-_SUFFIXES = ("weight_packed", "weight_scale_2", "weight_global_scale", "weight_scale", "input_global_scale",
-             "input_scale", "weight_zero_point", "k_scale", "v_scale", "weight", "bias")
+_SUFFIXES = frozenset(("weight_packed", "weight_scale_2", "weight_global_scale", "weight_scale", "input_global_scale",
+             "input_scale", "weight_zero_point", "k_scale", "v_scale", "weight", "bias"))
 _FLOAT = {"BF16": "bf16", "F16": "f16", "F32": "f32"}
 
 
@@ -111,9 +112,16 @@ def detect_format(ckpt: str | Path) -> FormatInfo:
         kv = qc.get("kv_cache_scheme")
         return FormatInfo(kind, method, "compressed-tensors", qc.get("version"), None, fmt, gs,
                           json.dumps(kv) if kv else None, list(qc.get("ignore") or []), qc, None)
+    if method == "fp8":  # transformers' FineGrainedFP8 / DeepSeek-style block FP8
+        return FormatInfo("fp8", method, config_quant=qc,
+                          unquantized_entries=list(qc.get("modules_to_not_convert") or []))
     if method:
         return FormatInfo("unknown", method, config_quant=qc)
     return FormatInfo("unquantized", None)
+
+
+def _style(info: FormatInfo) -> str:
+    return "modelopt" if info.kind.startswith("modelopt") or info.quant_method == "modelopt" else "ct"
 
 
 def _entry_matches(entry: str, module: str, style: str) -> bool:
@@ -126,8 +134,36 @@ def _entry_matches(entry: str, module: str, style: str) -> bool:
 
 def declared_unquantized(info: FormatInfo, module: str) -> str | None:
     """The metadata entry that declares `module` unquantized, or None."""
-    style = "modelopt" if info.kind.startswith("modelopt") or info.quant_method == "modelopt" else "ct"
+    style = _style(info)
     for e in info.unquantized_entries:
         if _entry_matches(e, module, style):
             return e
     return None
+
+
+def unquantized_matcher(info: FormatInfo) -> Callable[[str], str | None]:
+    """`declared_unquantized` for many module names (same answers, same entry returned): literal
+    entries by dict lookup, wildcard / `re:` entries compiled once and tried in order. Exclude
+    lists of large checkpoints hold hundreds of entries, their MoE tens of thousands of modules."""
+    style = _style(info)
+    entries = info.unquantized_entries
+    literal: dict[str, int] = {}
+    patterns: list[tuple[int, re.Pattern[str]]] = []
+    for i, e in enumerate(entries):
+        if style == "modelopt" and any(c in e for c in "*?["):
+            patterns.append((i, re.compile(fnmatch.translate(e))))
+        elif style != "modelopt" and e.startswith("re:"):
+            patterns.append((i, re.compile(e[3:])))
+        else:
+            literal.setdefault(e, i)
+
+    def match(module: str) -> str | None:
+        hit = literal.get(module)
+        for i, rx in patterns:
+            if hit is not None and i > hit:
+                break
+            if rx.match(module):
+                return entries[i]
+        return entries[hit] if hit is not None else None
+
+    return match

@@ -7,9 +7,11 @@ import sys
 import typer
 
 from quantkit import __version__
+from quantkit.cli import inspect as inspect_cmd
 from quantkit.cli import plan as plan_cmd
 from quantkit.cli import quantize as quantize_cmd
 from quantkit.cli import recipes as recipes_cmd
+from quantkit.cli import validate as validate_cmd
 from quantkit.cli._errors import run_with_boundary
 
 app = typer.Typer(
@@ -43,6 +45,8 @@ def _root(
 recipes_cmd.register(app)
 plan_cmd.register(app)
 quantize_cmd.register(app)
+inspect_cmd.register(app)
+validate_cmd.register(app)
 
 
 def main(argv: list[str] | None = None) -> int:

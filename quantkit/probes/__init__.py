@@ -1,0 +1,1 @@
+"""Probes: detectors (pure functions over generated text), suites (data), reference perplexity."""
