@@ -130,8 +130,8 @@ def build(root: Path) -> dict:
              "weights": {"num_bits": 4, "type": "float", "group_size": 16, "strategy": "tensor_group"},
              "input_activations": {"num_bits": 4, "type": "float", "group_size": 16, "dynamic": "local"}}
     qc = {"quant_method": "compressed-tensors", "format": "nvfp4-pack-quantized", "config_groups": {"group_0": group},
-          "ignore": ["lm_head", "re:.*linear_attn.*", "re:.*mlp\\.gate$", "re:.*shared_expert_gate$", "re:.*visual.*",
-                     "re:.*mtp.*"], "kv_cache_scheme": None, "quantization_status": "compressed", "version": "0.19.0"}
+          "ignore": ["lm_head", "re:.*linear_attn.*", "re:.*mlp\\.gate$", "re:.*shared_expert_gate$"],
+          "kv_cache_scheme": None, "quantization_status": "compressed", "version": "0.19.0"}
     (root / "config.json").write_text(json.dumps({"model_type": "qwen3_5_moe", "architectures":
                                                   ["Qwen3_5MoeForConditionalGeneration"], "text_config": text,
                                                   "quantization_config": qc}))
@@ -214,12 +214,13 @@ def main() -> int:
         disk = sum(f.stat().st_blocks * 512 for f in root.iterdir())
         apparent = sum(f.stat().st_size for f in root.iterdir())
         inspect_checkpoint(root)  # warm imports and page cache once
-        times = []
+        times, cpu = [], []
         for _ in range(3):
-            r0, t0 = _rchar(), time.perf_counter()
+            r0, c0, t0 = _rchar(), time.process_time(), time.perf_counter()
             with _ReadTracker(built["data_start"], root) as tracker:
                 report = inspect_checkpoint(root)
             times.append(time.perf_counter() - t0)
+            cpu.append(time.process_time() - c0)
             rchar = _rchar() - r0
         t0 = time.perf_counter()
         cli = subprocess.run([sys.executable, "-m", "quantkit.cli.main", "inspect", str(root), "--json"],
@@ -234,7 +235,8 @@ def main() -> int:
                        "apparent_bytes": apparent, "disk_bytes": disk, "header_bytes": built["header_bytes"],
                        "format": report.format["kind"], "modules": report.precision["summary"]["modules"]},
         "inspect_seconds": {"median": round(statistics.median(times), 3), "min": round(min(times), 3),
-                            "runs": [round(t, 3) for t in times]},
+                            "runs": [round(t, 3) for t in times],
+                            "cpu_median": round(statistics.median(cpu), 3)},
         "cli_seconds": round(cli_s, 3), "cli_exit_code": cli.returncode,
         "tensor_bytes_read": tracker.data, "header_bytes_read": tracker.header, "rchar_bytes": rchar,
         "reported_tensor_bytes_read": report.stats["tensor_bytes_read"],
@@ -245,7 +247,7 @@ def main() -> int:
         "build_seconds": round(build_s, 2), "target_seconds": 2.0,
         "machine": machine(),
     }
-    ok = result["cli_seconds"] < 2.0 and result["tensor_bytes_read"] == 0
+    ok = max(result["inspect_seconds"]["median"], result["cli_seconds"]) < 2.0 and result["tensor_bytes_read"] == 0
     result["verdict"] = "pass" if ok else "fail"
     print(json.dumps(result, indent=2))
     _write_md(result)
@@ -265,7 +267,7 @@ tensors), {c['shards']} sparse shards: real headers, data sections left as holes
 | logical size | {c['logical_bytes'] / 1e9:.1f} GB in {c['shards']} shards ({c['disk_bytes'] / 1e6:.1f} MB on disk) |
 | tensors / modules | {c['tensors']:,} / {c['modules']:,} |
 | header bytes | {c['header_bytes'] / 1e6:.1f} MB |
-| `inspect_checkpoint` (warm, 3 runs) | median {r['inspect_seconds']['median']:.2f} s, min {r['inspect_seconds']['min']:.2f} s |
+| `inspect_checkpoint` (warm, 3 runs) | median {r['inspect_seconds']['median']:.2f} s wall, min {r['inspect_seconds']['min']:.2f} s; {r['inspect_seconds']['cpu_median']:.2f} s CPU |
 | `quantkit inspect DIR --json` (fresh process) | {r['cli_seconds']:.2f} s (exit {r['cli_exit_code']}) |
 | tensor bytes read (Python reads past each header) | {r['tensor_bytes_read']} |
 | header bytes read | {r['header_bytes_read']:,} |
@@ -275,7 +277,8 @@ tensors), {c['shards']} sparse shards: real headers, data sections left as holes
 | verdict | **{r['verdict']}** |
 
 Machine: {m['cpu']}, {m['cores']} cores, {m['ram_gb']} GB RAM, Python {m['python']}, {m['os']};
-1-minute load average {m['load_avg_1m']} at the start (the machine is shared).
+1-minute load average {m['load_avg_1m']} at the start. The machine is shared with other jobs, so
+wall times are upper bounds; the verdict needs both the in-process median and the CLI run under 2 s.
 
 ```json
 {json.dumps(r, indent=2)}

@@ -3,5 +3,5 @@
 # the slow end-to-end one (-m e2e) included.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-bash scripts/setup.sh
+bash scripts/setup.sh --vllm
 exec .venv/bin/python -m pytest -q "$@"

@@ -46,13 +46,13 @@ def smollm2_dir() -> Path:
 
 @pytest.fixture(scope="session")
 def smollm2_quantized(tmp_path_factory, smollm2_dir) -> dict[str, Path]:
-    """SmolLM2-135M quantized in both formats through the library pipeline (8 samples)."""
+    """SmolLM2-135M quantized in both formats through the library pipeline (the recipe: 32 samples x 256)."""
     from quantkit.quantize import QuantizeOptions, quantize
     from quantkit.recipe import resolve_recipe
 
     out = tmp_path_factory.mktemp("smol") / "smollm2"
     results = quantize(resolve_recipe("smollm2-135m"),
-                       QuantizeOptions(formats=["modelopt", "compressed-tensors"], out=out, samples=8, seq_len=128))
+                       QuantizeOptions(formats=["modelopt", "compressed-tensors"], out=out))
     return {r.format: r.path for r in results}
 
 

@@ -23,7 +23,8 @@ LLAMA = {"model_type": "llama", "architectures": ["LlamaForCausalLM"], "hidden_s
 QWEN3_MOE = {**LLAMA, "model_type": "qwen3_moe", "architectures": ["Qwen3MoeForCausalLM"], "num_experts": 4,
              "num_experts_per_tok": 2, "moe_intermediate_size": 32}
 QWEN3_5 = {"model_type": "qwen3_5", "architectures": ["Qwen3_5ForConditionalGeneration"],
-           "text_config": {**LLAMA, "model_type": "qwen3_5_text", "layer_types": ["linear_attention", "full_attention"]}}
+           "text_config": {**LLAMA, "model_type": "qwen3_5_text",
+                           "layer_types": ["linear_attention", "full_attention"]}}
 CT_GROUP = {"targets": ["Linear"], "format": "nvfp4-pack-quantized",
             "weights": {"num_bits": 4, "type": "float", "group_size": 16, "strategy": "tensor_group"},
             "input_activations": {"num_bits": 4, "type": "float", "group_size": 16, "dynamic": "local"}}
@@ -100,8 +101,8 @@ class Ckpt:
         config = json.loads(json.dumps(config))
         if self.fmt == "modelopt":
             q = {"quant_algo": algo, "kv_cache_quant_algo": kv, "group_size": 16, "exclude_modules": exclude}
-            (path / "hf_quant_config.json").write_text(json.dumps({"producer": {"name": "modelopt", "version": "0.47.0"},
-                                                                   "quantization": q}))
+            hfq = {"producer": {"name": "modelopt", "version": "0.47.0"}, "quantization": q}
+            (path / "hf_quant_config.json").write_text(json.dumps(hfq))
             config["quantization_config"] = {"quant_method": "modelopt", **q}
         else:
             kv_scheme = {"num_bits": 8, "type": "float", "strategy": "tensor"} if kv else None
@@ -225,6 +226,19 @@ def test_fused_module_parts_disagree(tmp_path):
     r = inspect_checkpoint(c.save(tmp_path / "f", LLAMA, ["lm_head", "model.layers.0.self_attn.k_proj"]))
     f = next(f for f in r.errors if f.code == "fused-parts-disagree")
     assert f.modules == ["model.layers.0.self_attn.qkv_proj"] and "k_proj BF16" in f.message
+
+
+def test_experts_of_one_layer_disagree(tmp_path):
+    c = Ckpt("ct")
+    c.common()
+    for i in range(2):
+        c.attn(f"model.layers.{i}")
+        c.experts(f"model.layers.{i}")
+    c.drop("model.layers.1.mlp.experts.2.down_proj").bf16("model.layers.1.mlp.experts.2.down_proj")
+    r = inspect_checkpoint(c.save(tmp_path / "e", QWEN3_MOE, ["lm_head", "re:.*mlp\\.gate$",
+                                                             "model.layers.1.mlp.experts.2.down_proj"]))
+    assert errors(r) == {"fused-parts-disagree"}
+    assert next(f for f in r.errors).modules == ["model.layers.1.mlp.experts"]
 
 
 def test_missing_input_scale(tmp_path):
@@ -396,7 +410,8 @@ def test_matcher_agrees_with_declared_unquantized():
     names = ["lm_head", "model.layers.0.mlp.gate", "model.layers.3.linear_attn.in_proj_qkvz",
              "model.layers.1.self_attn.q_proj", "backbone.layers.2.mixer.in_proj"]
     for style, entries in (("modelopt", ["lm_head", "*.mlp.gate", "*linear_attn*", "backbone.layers.[0-2].*"]),
-                           ("ct", ["lm_head", "re:.*mlp\\.gate$", "re:.*linear_attn.*", "model.layers.1.self_attn.q_proj"])):
+                           ("ct", ["lm_head", "re:.*mlp\\.gate$", "re:.*linear_attn.*",
+                                   "model.layers.1.self_attn.q_proj"])):
         info = FormatInfo("modelopt-nvfp4" if style == "modelopt" else "compressed-tensors-nvfp4",
                           "modelopt" if style == "modelopt" else "compressed-tensors", unquantized_entries=entries)
         match = unquantized_matcher(info)
@@ -409,3 +424,9 @@ def test_every_code_is_documented():
 
     for code in list(CATALOGUE) + list(FAMILY_CODES.values()):
         assert f"`{code}`" in doc, code
+
+
+def test_cli_help_has_examples(capsys):
+    assert main(["inspect", "--help"]) == 0
+    out = capsys.readouterr().out
+    assert "Examples" in out and "--deep" in out and "--fail-on" in out

@@ -87,7 +87,7 @@ def test_checkpoint_is_complete_with_manifest(smollm2_quantized, fmt):
         assert (d / f).is_file(), f
     m = json.loads((d / "quantkit.json").read_text())
     assert m["format"] == fmt and m["files"] == file_hashes(d) and m["content_hash"] == content_hash(m["files"])
-    assert m["calibration"]["samples"] == 8 and m["calibration"]["fingerprint"].startswith("sha256:")
+    assert m["calibration"]["samples"] == 32 and m["calibration"]["fingerprint"].startswith("sha256:")
     assert m["versions"]["torch"] and m["versions"]["transformers"] == "5.17.0"
     assert m["plan"]["fp4"] == 210 and m["verification"]["fp4_modules"] == 210
     assert [k["module"] for k in m["plan"]["kept"]] == ["lm_head"]
@@ -101,12 +101,17 @@ def test_compressed_tensors_checkpoint_generates_english(smollm2_quantized):
     d = smollm2_quantized["compressed-tensors"]
     tok = AutoTokenizer.from_pretrained(d)
     model = AutoModelForCausalLM.from_pretrained(d, dtype=torch.bfloat16)
-    ids = tok("The capital of France is", return_tensors="pt")
-    out = model.generate(**ids, max_new_tokens=24, do_sample=False)
-    text = tok.decode(out[0][ids.input_ids.shape[1]:], skip_special_tokens=True)
-    words = text.split()
-    assert len(words) >= 8, text
-    letters = sum(c.isascii() and (c.isalpha() or c.isspace()) for c in text) / max(len(text), 1)
-    assert letters > 0.8, text
-    assert len(set(words)) / len(words) > 0.4, f"repetition loop: {text!r}"
-    assert "!!!!" not in text
+    texts = []
+    for prompt in ("The capital of France is", "Once upon a time, in a small village by the sea, there lived",
+                   "To make a cup of tea, first"):
+        ids = tok(prompt, return_tensors="pt")
+        out = model.generate(**ids, max_new_tokens=24, do_sample=False)
+        texts.append(tok.decode(out[0][ids.input_ids.shape[1]:], skip_special_tokens=True))
+    words = " ".join(texts).split()
+    assert len(words) >= 20, texts
+    wordlike = sum(w.strip(".,;:!?()\"'").isalpha() for w in words) / len(words)
+    assert wordlike > 0.7, texts
+    for t in texts:
+        assert "!!!!" not in t and "\ufffd" not in t
+        tw = t.split()
+        assert len(tw) < 12 or len(set(tw)) / len(tw) > 0.4, f"repetition loop: {t!r}"

@@ -16,8 +16,9 @@ from quantkit.checkpoint.headers import TensorInfo
 __all__ = ["StoredModule", "FormatInfo", "stored_modules", "detect_format", "declared_unquantized",
            "unquantized_matcher", "is_embedding"]
 
-_SUFFIXES = frozenset(("weight_packed", "weight_scale_2", "weight_global_scale", "weight_scale", "input_global_scale",
-             "input_scale", "weight_zero_point", "k_scale", "v_scale", "weight", "bias"))
+_SUFFIXES = frozenset(("weight_packed", "weight_scale_2", "weight_global_scale", "weight_scale",
+                       "input_global_scale", "input_scale", "weight_zero_point", "k_scale", "v_scale", "weight",
+                       "bias"))
 _FLOAT = {"BF16": "bf16", "F16": "f16", "F32": "f32"}
 
 

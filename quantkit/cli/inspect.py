@@ -84,7 +84,8 @@ def render_report(report) -> None:
     style = "red" if c["error"] else ("yellow" if c["warning"] else "green")
     console.print(f"[{style}]{c['error']} error(s), {c['warning']} warning(s), {c['info']} info[/]  "
                   f"[dim]{d['stats']['files']} file(s), {d['stats']['tensors']:,} tensors, "
-                  f"{human_bytes(d['stats']['tensor_bytes_read'])} of tensor data read, {d['stats']['seconds']:.2f}s[/]")
+                  f"{human_bytes(d['stats']['tensor_bytes_read'])} of tensor data read, "
+                  f"{d['stats']['seconds']:.2f}s[/]")
 
 
 def register(app: typer.Typer) -> None:

@@ -21,9 +21,9 @@ from quantkit.families import families_for, model_types_of
 from quantkit.inspect import checks
 from quantkit.inspect.engine import engine_findings, engine_modules
 from quantkit.inspect.hardware import MACHINES, Machine, hardware_fit
-from quantkit.inspect.load import config_view, load_checkpoint
+from quantkit.inspect.load import config_view, load_checkpoint, looks_like_hub_id
 from quantkit.inspect.names import Declared, FamilyCover
-from quantkit.inspect.precision import precision_map, tensor_format
+from quantkit.inspect.precision import outside_modules, precision_map, tensor_format
 from quantkit.inspect.report import CATALOGUE, SEVERITIES, Finding, InspectReport
 
 __all__ = ["inspect_checkpoint", "InspectReport", "Finding", "CATALOGUE", "SEVERITIES", "MACHINES", "Machine"]
@@ -56,17 +56,18 @@ def inspect_checkpoint(path_or_id: str, deep: bool = False, *, revision: str | N
 
 def _inspect(path_or_id: str, deep: bool, revision: str | None, context: int | None) -> InspectReport:
     t0 = time.perf_counter()
-    ckpt = load_checkpoint(str(path_or_id), revision)
-    if deep and ckpt.root is None:
+    if deep and looks_like_hub_id(path_or_id):
         raise ModelSourceError("--deep reads tensor bytes, which needs the checkpoint on disk",
-                               hint=f"download it (`hf download {ckpt.source} --local-dir DIR`) and inspect DIR")
+                               hint=f"download it (`hf download {path_or_id} --local-dir DIR`) and inspect DIR")
+    ckpt = load_checkpoint(path_or_id, revision)
     info = detect_format(ckpt.meta_dir) if ckpt.meta_dir is not None else FormatInfo("unquantized", None)
     modules = stored_modules(ckpt.tensors)
     config = config_view(ckpt.config) or SimpleNamespace()
     families = families_for(config)
     types = model_types_of(config)
     tkind, conventions = tensor_format(modules)
-    precision = precision_map(ckpt.tensors, modules)
+    others = outside_modules(ckpt.tensors, modules)
+    precision = precision_map(ckpt.tensors, modules, others)
     declared = Declared(info)
     fused = engine_modules(modules, types)
 
@@ -87,7 +88,8 @@ def _inspect(path_or_id: str, deep: bool, revision: str | None, context: int | N
         findings += more
     findings.sort(key=_order)
 
-    hw = hardware_fit(ckpt.tensors, modules, ckpt.config, checks.kv_bytes_per_element(info), context)
+    hw = hardware_fit(ckpt.tensors, modules, ckpt.config, checks.kv_bytes_per_element(info), context,
+                      others=others)
     cfg = ckpt.config or {}
     return InspectReport(
         source=ckpt.source, location=ckpt.location,

@@ -10,7 +10,6 @@ from typing import Callable
 from quantkit.checkpoint.formats import FormatInfo, StoredModule, is_embedding
 from quantkit.checkpoint.headers import TensorInfo
 from quantkit.inspect.names import Declared, FamilyCover
-from quantkit.inspect.precision import leaves
 from quantkit.inspect.report import Finding
 
 __all__ = ["FAMILY_CODES", "format_findings", "family_findings", "metadata_findings", "scale_findings",
@@ -138,18 +137,18 @@ def scale_findings(info: FormatInfo, modules: dict[str, StoredModule], tensors: 
     for name, m in modules.items():
         if m.precision not in ("fp4", "fp8"):
             continue
-        lv = leaves(m)
+        s = tensors.get(name + ".weight_scale")
         if m.precision == "fp8":
-            if "weight_scale" not in lv:
+            if s is None:
                 no_weight.append(name)
             continue
-        ct = "weight_packed" in lv
-        if "weight_scale" not in lv or ("weight_global_scale" if ct else "weight_scale_2") not in lv:
+        w = tensors.get(name + ".weight_packed")
+        ct = w is not None
+        w = w if ct else tensors.get(name + ".weight")
+        if s is None or (name + (".weight_global_scale" if ct else ".weight_scale_2")) not in tensors:
             no_weight.append(name)
-        if acts and ("input_global_scale" if ct else "input_scale") not in lv:
+        if acts and (name + (".input_global_scale" if ct else ".input_scale")) not in tensors:
             no_input.append(name)
-        w = tensors.get(f"{name}.{'weight_packed' if ct else 'weight'}")
-        s = tensors.get(f"{name}.weight_scale")
         if w is not None and s is not None and len(s.shape) == len(w.shape):
             need = -(-w.shape[-1] * 2 // _GROUP)
             if s.shape[-1] < need or s.shape[:-1] != w.shape[:-1]:

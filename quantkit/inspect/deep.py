@@ -18,9 +18,12 @@ CHUNK_BYTES = 64 << 20
 _ELEM = {"U8": 1, "I8": 1, "F8_E4M3": 1, "F8_E5M2": 1, "BF16": 2, "F16": 2, "F32": 4}
 
 
-def _targets(tensors: dict[str, TensorInfo], modules: dict[str, StoredModule]) -> dict[str, list[tuple[TensorInfo, str, str]]]:
+Target = tuple[TensorInfo, str, str]  # (tensor, what, module)
+
+
+def _targets(tensors: dict[str, TensorInfo], modules: dict[str, StoredModule]) -> dict[str, list[Target]]:
     """file -> [(tensor, what, module)] in file order; what: scale | global | packed | float."""
-    out: dict[str, list[tuple[TensorInfo, str, str]]] = {}
+    out: dict[str, list[Target]] = {}
 
     def add(t: TensorInfo, what: str, mod: str) -> None:
         out.setdefault(t.file, []).append((t, what, mod))
@@ -56,7 +59,8 @@ def _chunks(f, t: TensorInfo):
         yield piece.reshape(-1, piece.shape[-1])
 
 
-def deep_findings(root: Path, tensors: dict[str, TensorInfo], modules: dict[str, StoredModule]) -> tuple[list[Finding], int]:
+def deep_findings(root: Path, tensors: dict[str, TensorInfo],
+                  modules: dict[str, StoredModule]) -> tuple[list[Finding], int]:
     """(findings, tensor bytes read)."""
     import torch
     from safetensors import safe_open

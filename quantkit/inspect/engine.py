@@ -23,14 +23,14 @@ def engine_modules(modules: dict[str, StoredModule], model_types: list[str]) -> 
     p2f = part_to_fused(packed_for(model_types))
     out: dict[str, dict[str, StoredModule]] = {}
     for m in modules.values():
+        e = _EXPERT.match(m.name) if ".experts." in m.name else None
+        if e:  # every projection of every expert of a layer: one FusedMoE (w13 + w2)
+            out.setdefault(e.group(1), {})[m.name] = m
+            continue
         parent, _, leaf = m.name.rpartition(".")
         fused = p2f.get(leaf)
         if fused:
             out.setdefault(f"{parent}.{fused}", {})[m.name] = m
-            continue
-        e = _EXPERT.match(m.name)
-        if e:
-            out.setdefault(e.group(1), {})[m.name] = m
     return out
 
 

@@ -12,6 +12,7 @@ from quantkit.checkpoint.formats import StoredModule, is_embedding
 from quantkit.checkpoint.headers import TensorInfo
 from quantkit.families import MTP, VISION
 from quantkit.inspect.names import fold_expert, fold_indices, index_blind
+from quantkit.inspect.precision import outside_modules
 
 __all__ = ["Machine", "MACHINES", "MEMORY_FRACTION", "DEFAULT_CONTEXT", "hardware_fit"]
 
@@ -75,13 +76,14 @@ def _kv_bytes_per_token(config: dict | None, elem_bytes: float) -> int | None:
 
 def hardware_fit(tensors: dict[str, TensorInfo], modules: dict[str, StoredModule], config: dict | None,
                  kv_elem_bytes: float = 2.0, context: int | None = None,
-                 machines: tuple[Machine, ...] = MACHINES) -> dict[str, Any]:
-    weights = sum(t.nbytes for t in tensors.values())
+                 machines: tuple[Machine, ...] = MACHINES,
+                 others: dict[str, TensorInfo] | None = None) -> dict[str, Any]:
     tied = not any(n.rsplit(".", 1)[-1] == "lm_head" for n in modules)
-    by_module: dict[str, int] = {}
-    for t in tensors.values():
+    by_module = {name: m.nbytes for name, m in modules.items()}
+    for t in (outside_modules(tensors, modules) if others is None else others).values():
         mod = t.name.rsplit(".", 1)[0]
         by_module[mod] = by_module.get(mod, 0) + t.nbytes
+    weights = sum(by_module.values())
     dense = experts = skipped = 0
     kind_of: dict[str, str] = {}  # cached per expert-folded name: 100k+ tensors in a large MoE
     for mod, nbytes in by_module.items():

@@ -56,7 +56,8 @@ def _read_json(p: Path) -> dict | None:
     try:
         return json.loads(p.read_text(encoding="utf-8"))
     except json.JSONDecodeError as exc:
-        raise ModelSourceError(f"{p}:{exc.lineno}: invalid JSON: {exc.msg}", hint="fix or re-download the file") from None
+        raise ModelSourceError(f"{p}:{exc.lineno}: invalid JSON: {exc.msg}",
+                               hint="fix or re-download the file") from None
 
 
 def _load_local(path: Path) -> Checkpoint:

@@ -11,11 +11,12 @@ from typing import Any
 from quantkit.checkpoint.formats import FormatInfo, unquantized_matcher
 from quantkit.families import Family, Rule
 
-__all__ = ["Declared", "FamilyCover", "name_candidates", "fold_expert", "fold_indices", "index_blind"]
+__all__ = ["Declared", "FamilyCover", "name_candidates", "fold_expert", "fold_indices", "index_blind",
+           "names_experts_by_index"]
 
 _INDEX = re.compile(r"\.\d+(?=\.|$)")
 _INDEX_SENSITIVE = re.compile(r"[0-9?\[]|\\d")  # a pattern that can tell layer 3 from layer 13
-_INDEXED_ENTRY = re.compile(r"experts(?:\\?\.|\.)(?:\d|\\d|\[)")
+_INDEX_CHARS = re.compile(r"[\d\[(?{]|\\d")  # digits, classes, groups, single-char wildcards
 # On-disk prefixes -> the in-memory (transformers) names the family rules are written for; the
 # same idea as quantkit.checkpoint.verify.plan_name_for.
 _PREFIXES = (("model.language_model.", "model."), ("language_model.model.", "model."),
@@ -31,6 +32,18 @@ def fold_expert(name: str) -> str:
     while k < len(name) and name[k].isdigit():
         k += 1
     return name if k == j else name[:j] + "*" + name[k:]
+
+
+def names_experts_by_index(entry: str) -> bool:
+    """Whether an exclusion entry might tell expert 3 from expert 4: an index-like construct after
+    `expert`, or one anywhere in a pattern that starts with a wildcard. Conservative: a false
+    positive only turns the name cache's expert folding off (slower, same answers)."""
+    body = entry[3:] if entry.startswith("re:") else entry
+    i = body.find("expert")
+    if i >= 0 and _INDEX_CHARS.search(body[i:]):
+        return True
+    wild = body[:1] in ("*", "?", "[", "(", ".") or (entry.startswith("re:") and not body[:1].isalnum())
+    return wild and _INDEX_CHARS.search(body) is not None
 
 
 def fold_indices(name: str) -> str:
@@ -53,7 +66,7 @@ class Declared:
     def __init__(self, info: FormatInfo):
         self.info = info
         self._match = unquantized_matcher(info)
-        self._fold = not any(_INDEXED_ENTRY.search(e) for e in info.unquantized_entries)
+        self._fold = not any(names_experts_by_index(e) for e in info.unquantized_entries)
         self._cache: dict[str, str | None] = {}
         self._by_name: dict[str, str | None] = {}
 
@@ -88,7 +101,8 @@ def index_blind(patterns: list[str]) -> bool:
 
 
 class FamilyCover:
-    """The first family rule (architecture family first) that covers a stored module."""
+    """The first family rule (architecture family first) that covers a stored module. Family rules
+    (quantkit's own data) never name an expert by index, so expert indices are always folded."""
 
     def __init__(self, families: list[Family], config: Any):
         self.rules: list[tuple[Family, Rule]] = [(f, r) for f in families for r in f.rules(config)]

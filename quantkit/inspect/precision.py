@@ -11,7 +11,7 @@ from quantkit.checkpoint.formats import StoredModule
 from quantkit.checkpoint.headers import TensorInfo
 from quantkit.inspect.report import natural_key
 
-__all__ = ["SCALE_LEAVES", "GLOBAL_SCALE_LEAVES", "leaves", "tensor_format", "precision_map"]
+__all__ = ["SCALE_LEAVES", "GLOBAL_SCALE_LEAVES", "outside_modules", "tensor_format", "precision_map"]
 
 # Scale tensors: not parameters of the model, but bytes of the checkpoint.
 GLOBAL_SCALE_LEAVES = ("weight_scale_2", "weight_global_scale", "input_scale", "input_global_scale",
@@ -20,9 +20,11 @@ SCALE_LEAVES = ("weight_scale",) + GLOBAL_SCALE_LEAVES
 _FOLD = re.compile(r"\.(\d+)(?=\.|$)")
 
 
-def leaves(m: StoredModule) -> set[str]:
-    """The tensor names of a module without its prefix: {'weight', 'weight_scale', ...}."""
-    return {t[len(m.name) + 1:] for t in m.tensors}
+def outside_modules(tensors: dict[str, TensorInfo], modules: dict[str, StoredModule]) -> dict[str, TensorInfo]:
+    """The tensors no linear-like module holds (norms, conv biases, SSM parameters...): with the
+    modules' totals they account for every byte without another pass over 10^5 tensors."""
+    inside = {t for m in modules.values() for t in m.tensors}
+    return {n: t for n, t in tensors.items() if n not in inside}
 
 
 def tensor_format(modules: dict[str, StoredModule]) -> tuple[str, list[str]]:
@@ -38,20 +40,15 @@ def tensor_format(modules: dict[str, StoredModule]) -> tuple[str, list[str]]:
     return kind, sorted(conv)
 
 
-def _params(t: TensorInfo, packed: bool) -> int:
-    leaf = t.name.rsplit(".", 1)[-1]
-    if leaf in SCALE_LEAVES:
-        return 0
-    return t.numel * 2 if packed else t.numel
-
-
-def precision_map(tensors: dict[str, TensorInfo], modules: dict[str, StoredModule]) -> dict[str, Any]:
+def precision_map(tensors: dict[str, TensorInfo], modules: dict[str, StoredModule],
+                  others: dict[str, TensorInfo] | None = None) -> dict[str, Any]:
     """Summary (modules, params, bytes per precision; bits per parameter overall and over the
     linear-like modules) and groups of modules with layer / expert indices folded."""
-    packed = {t for m in modules.values() if m.precision == "fp4" for t in m.tensors
-              if t.endswith((".weight", ".weight_packed"))}
-    total_bytes = sum(t.nbytes for t in tensors.values())
-    total_params = sum(_params(t, t.name in packed) for t in tensors.values())
+    others = outside_modules(tensors, modules) if others is None else others
+    total_bytes = sum(m.nbytes for m in modules.values()) + sum(t.nbytes for t in others.values())
+    total_params = sum(m.params for m in modules.values())  # packed FP4 counts 2 per byte
+    total_params += sum(tensors[t].numel for m in modules.values() for t in m.tensors if t.endswith(".bias"))
+    total_params += sum(t.numel for n, t in others.items() if n.rsplit(".", 1)[-1] not in SCALE_LEAVES)
     by: dict[str, dict[str, int]] = {}
     groups: dict[tuple[str, str], dict[str, Any]] = {}
     first: dict[tuple[str, str], str] = {}

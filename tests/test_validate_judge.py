@@ -1,0 +1,129 @@
+"""The validation judge and engine lifecycle without a real engine: a fake OpenAI server for the
+endpoint profile, and fake engine processes that hang or crash (exit 2, log tail, no orphans)."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+import pytest
+
+from fake_openai import FakeOpenAI
+from quantkit.cli.main import main
+from quantkit.report import find_passing_report
+
+DATA = Path(__file__).parent / "data"
+GOOD = {"France": " Paris.", "17": "391", "hot": "cold", "sky": "Blue.", "three": " five, six",
+        "Tuesday": " Thursday, Friday"}
+
+
+def good_answer(prompt: str) -> str:
+    for key, ans in GOOD.items():
+        if key in prompt:
+            return ans
+    return " a fisherman who loved the sea and the boats that sailed on it every morning."
+
+
+def _run(tmp_path, *args) -> tuple[int, dict]:
+    code = main(["validate", *args, "--report-dir", str(tmp_path / "rep"), "--junit", str(tmp_path / "j.xml")])
+    return code, json.loads((tmp_path / "rep" / "validation.json").read_text())
+
+
+def test_endpoint_healthy_model_passes(tmp_path):
+    with FakeOpenAI(good_answer, logprob=-2.0) as srv:
+        code, rep = _run(tmp_path, "some-org/Model-NVFP4", "--engine", "endpoint", "--url", srv.url)
+    assert code == 0, rep
+    v = rep["verdicts"][0]
+    assert v["verdict"] == "pass" and abs(v["perplexity"]["perplexity"] - 7.389) < 0.01
+    md = (tmp_path / "rep" / "validation.md").read_text()
+    assert "PASS" in md and "| capital-france | yes | yes |" in md
+    suites = ET.parse(tmp_path / "j.xml").getroot()
+    assert suites.find("testsuite").get("failures") == "0"
+
+
+@pytest.mark.parametrize("answer,reason", [
+    (lambda p: "!!!!!!!!!!!!!!!!", "punctuation_run"),
+    (lambda p: "   ", "blank"),
+    (lambda p: " the the the the the the the the the the the the the the", "repetition_loop"),
+])
+def test_endpoint_broken_outputs_fail(tmp_path, answer, reason):
+    with FakeOpenAI(answer) as srv:
+        code, rep = _run(tmp_path, "x/y", "--engine", "endpoint", "--url", srv.url)
+    assert code == 1
+    assert any(reason in r for r in rep["verdicts"][0]["reasons"])
+    suites = ET.parse(tmp_path / "j.xml").getroot()
+    assert int(suites.find("testsuite").get("failures")) >= 1
+
+
+def test_fluent_garbage_caught_by_perplexity(tmp_path):
+    with FakeOpenAI(good_answer, logprob=-9.0) as srv:  # right answers, but ppl e^9 = 8103
+        code, rep = _run(tmp_path, "x/y", "--engine", "endpoint", "--url", srv.url)
+    assert code == 1
+    assert any("reference perplexity" in r for r in rep["verdicts"][0]["reasons"])
+
+
+def test_endpoint_without_url_is_usage_error(tmp_path, capsys):
+    assert main(["validate", "x/y", "--engine", "endpoint", "--report-dir", str(tmp_path)]) == 3
+    assert "--url" in capsys.readouterr().err
+
+
+def _tiny_ckpt(tmp_path) -> Path:
+    from tiny_models import save_tiny_checkpoint
+
+    p = tmp_path / "ckpt"
+    save_tiny_checkpoint("llama", p)
+    return p
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    # a zombie is dead for our purposes
+    try:
+        return Path(f"/proc/{pid}/status").read_text().split("State:")[1].split()[0] != "Z"
+    except (FileNotFoundError, IndexError):
+        return False
+
+
+def test_engine_never_healthy_exit_2_within_timeout_no_orphans(tmp_path, monkeypatch):
+    pids = tmp_path / "pids"
+    monkeypatch.setenv("FAKE_ENGINE_PIDS", str(pids))
+    t0 = time.time()
+    code, rep = _run(tmp_path, str(_tiny_ckpt(tmp_path)), "--engine", "vllm", "--engine-python",
+                     str(DATA / "fake_engine_hang.sh"), "--timeout", "4", "--skip-inspect")
+    assert code == 2 and time.time() - t0 < 30
+    v = rep["verdicts"][0]
+    assert v["verdict"] == "engine-error" and "not healthy within 4s" in v["reasons"][0]
+    assert "loading weights forever" in v["log_tail"]
+    child, leader = map(int, pids.read_text().split())
+    deadline = time.time() + 5
+    while time.time() < deadline and (_alive(child) or _alive(leader)):
+        time.sleep(0.1)
+    assert not _alive(child) and not _alive(leader), "engine processes left behind"
+
+
+def test_engine_crash_detected_at_once_with_cause(tmp_path):
+    t0 = time.time()
+    code, rep = _run(tmp_path, str(_tiny_ckpt(tmp_path)), "--engine", "vllm", "--engine-python",
+                     str(DATA / "fake_engine_crash.sh"), "--timeout", "120", "--skip-inspect")
+    assert code == 2 and time.time() - t0 < 20
+    reason = rep["verdicts"][0]["reasons"][0]
+    assert "exited with code 1" in reason and "Failed to find a kernel" in reason
+
+
+def test_passing_report_is_bound_to_content_hash(tmp_path):
+    ckpt = _tiny_ckpt(tmp_path)
+    with FakeOpenAI(good_answer) as srv:
+        code, rep = _run(tmp_path, str(ckpt), "--engine", "endpoint", "--url", srv.url, "--skip-inspect")
+    assert code == 0
+    h = rep["verdicts"][0]["content_hash"]
+    assert h.startswith("sha256:") and find_passing_report(h)
+    from quantkit.validate import checkpoint_hash
+
+    (ckpt / "config.json").write_text((ckpt / "config.json").read_text() + " ")
+    assert checkpoint_hash(ckpt) != h and not find_passing_report(checkpoint_hash(ckpt))

