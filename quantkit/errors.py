@@ -13,6 +13,7 @@ __all__ = [
     "VerificationError",
     "CalibrationError",
     "EngineError",
+    "PublishError",
 ]
 
 
@@ -76,3 +77,7 @@ class EngineError(QuantkitError):
     """A serving engine failed to start, died, or never became healthy."""
 
     exit_code = 2
+
+
+class PublishError(QuantkitError):
+    """Publishing was refused (no passing validation, wrong metadata) or failed."""

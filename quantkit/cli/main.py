@@ -9,6 +9,7 @@ import typer
 from quantkit import __version__
 from quantkit.cli import inspect as inspect_cmd
 from quantkit.cli import plan as plan_cmd
+from quantkit.cli import publish as publish_cmd
 from quantkit.cli import quantize as quantize_cmd
 from quantkit.cli import recipes as recipes_cmd
 from quantkit.cli import validate as validate_cmd
@@ -47,6 +48,7 @@ plan_cmd.register(app)
 quantize_cmd.register(app)
 inspect_cmd.register(app)
 validate_cmd.register(app)
+publish_cmd.register(app)
 
 
 def main(argv: list[str] | None = None) -> int:

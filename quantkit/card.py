@@ -1,0 +1,85 @@
+"""The model card: honest metadata for a published NVFP4 checkpoint, through huggingface_hub's
+card API (`ModelCardData`): base model with `base_model_relation: quantized`, license inherited,
+tags, the exact serving commands, the layers kept in BF16 with reasons, validation results."""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from typing import Any
+
+__all__ = ["serve_commands", "build_card"]
+
+
+def serve_commands(fmt: str, repo: str) -> dict[str, str]:
+    """vLLM and SGLang commands; only ModelOpt checkpoints get a quantization flag (vLLM
+    auto-detects compressed-tensors, and passing a flag is a classic first-run failure)."""
+    if fmt == "modelopt":
+        return {"vllm": f"vllm serve {repo} --quantization modelopt",
+                "sglang": f"python -m sglang.launch_server --model-path {repo} --quantization modelopt_fp4"}
+    return {"vllm": f"vllm serve {repo}", "sglang": f"python -m sglang.launch_server --model-path {repo}"}
+
+
+def _kept_table(manifest: dict) -> list[str]:
+    import re
+
+    groups: "OrderedDict[tuple[str, str], int]" = OrderedDict()
+    for k in manifest.get("plan", {}).get("kept", []):
+        key = (re.sub(r"\.\d+\.", ".*.", k["module"]), k["reason"])
+        groups[key] = groups.get(key, 0) + 1
+    rows = ["| modules (layers folded) | count | why BF16 |", "|---|---|---|"]
+    rows += [f"| `{name}` | {n} | {reason} |" for (name, reason), n in groups.items()]
+    return rows
+
+
+def build_card(*, repo: str, fmt: str, manifest: dict, validation: dict | None, base_model: str | None,
+               license: str | None, family: str | None, content_hash: str, forced: bool, quantkit_version: str):
+    from huggingface_hub import ModelCard, ModelCardData
+
+    tags = ["nvfp4", "fp4", "quantized", "modelopt" if fmt == "modelopt" else "compressed-tensors", "quantkit"]
+    if family:
+        tags.append(family)
+    data = ModelCardData(base_model=base_model, base_model_relation="quantized" if base_model else None,
+                         license=license or "other", tags=tags, library_name="transformers",
+                         pipeline_tag="text-generation")
+    plan = manifest.get("plan", {})
+    cal = manifest.get("calibration", {})
+    cmds = serve_commands(fmt, repo)
+    lines = [f"# {repo.split('/')[-1]}", "",
+             f"NVFP4 (W4A4: FP4 E2M1 weights and activations, FP8 E4M3 scale per 16 values, FP32 global scale) "
+             f"quantization of [{base_model}](https://huggingface.co/{base_model}) in the "
+             f"**{'ModelOpt' if fmt == 'modelopt' else 'compressed-tensors'}** format, made with quantkit "
+             f"{quantkit_version} ({manifest.get('backend')}).", ""]
+    if forced:
+        lines += ["> **Warning: published with `--force` — this exact checkpoint has NOT passed quantkit validation.**", ""]
+    lines += ["## Serve", "", "```bash", f"# vLLM", cmds["vllm"], "# SGLang", cmds["sglang"], "```", "",
+              f"FP4 modules: {plan.get('fp4')} · kept in BF16: {len(plan.get('kept', []))} · "
+              f"~{plan.get('bits_per_param', 0):.2f} bits/parameter", "",
+              "## Layers kept in BF16, and why", ""] + _kept_table(manifest)
+    lines += ["", "## Calibration", "",
+              f"{cal.get('samples')} samples of {cal.get('dataset')} (<= {cal.get('seq_len')} tokens, seed {cal.get('seed')}, "
+              f"{cal.get('tokens')} tokens; fingerprint `{str(cal.get('fingerprint'))[:23]}...`)", ""]
+    lines += ["## Validation", ""]
+    if validation:
+        v = validation["verdicts"][0]
+        ppl = v.get("perplexity") or {}
+        base = v.get("baseline") or {}
+        facts = (v.get("logscan") or {}).get("facts", {})
+        lines += [f"Verdict **{v['verdict'].upper()}** with engine `{v['engine']}` "
+                  f"(vLLM {', '.join(facts.get('vllm_version', ['?']))}; NVFP4 kernel "
+                  f"{', '.join(facts.get('nvfp4_linear_kernel', ['?']))}), suite `{validation.get('suite')}`, "
+                  f"{validation.get('created')}."]
+        if ppl:
+            lines.append(f"Reference perplexity {ppl.get('perplexity'):.2f}" +
+                         (f" (BF16 baseline {base['perplexity']:.2f})" if base else "") + ".")
+        if v.get("note"):
+            lines += ["", f"> {v['note']}"]
+        lines += ["", "| probe | passed | output |", "|---|---|---|"]
+        for p in v.get("probes", []):
+            out = p["text"].strip().replace("\n", " ").replace("|", "\\|")[:80]
+            lines.append(f"| {p['id']} | {'yes' if p['passed'] else 'no'} | {out} |")
+    else:
+        lines.append("Not validated.")
+    lines += ["", "## Provenance", "", f"- content hash (all files but README.md and quantkit files): `{content_hash}`",
+              f"- recipe: `quantkit-recipe.yaml`; manifest with versions and per-file sha256: `quantkit.json`",
+              f"- versions: " + ", ".join(f"{k} {v}" for k, v in (manifest.get("versions") or {}).items() if v), ""]
+    return ModelCard(f"---\n{data.to_yaml()}\n---\n\n" + "\n".join(lines))
