@@ -218,12 +218,14 @@ def validate_one(target: str, opts: ValidateOptions, suite: Suite, profile: Engi
     return v
 
 
-def validate(targets: list[str], opts: ValidateOptions, reporter: Reporter = SILENT) -> ValidationReport:
+def validate(targets: list[str], opts: ValidateOptions, reporter: Reporter = SILENT,
+             baseline: dict | None = None) -> ValidationReport:
+    """Validate each target; `baseline` (a perplexity result) overrides serving opts.baseline."""
     suite = load_suite(opts.suite)
     profile = get_profile(opts.engine)
     opts.log_dir.mkdir(parents=True, exist_ok=True)
     try:
-        base = _baseline_ppl(opts, profile, suite, reporter)
+        base = baseline or _baseline_ppl(opts, profile, suite, reporter)
     except EngineError as exc:
         raise EngineError(f"baseline: {exc.message}", hint=exc.hint) from exc
     verdicts = [validate_one(t, opts, suite, profile, base, reporter) for t in targets]

@@ -56,3 +56,28 @@ class FakeOpenAI:
 
     def __exit__(self, *exc):
         self.httpd.shutdown()
+
+
+def _main(argv: list[str]) -> None:
+    """Run as a fake *engine process*: `fake_openai.py ... --port N ...` serves until killed.
+    FAKE_ANSWER=bang answers '!!!!!!!!' (NaN-logit style), anything else answers sensibly."""
+    import os
+    import sys
+    import time
+
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    from test_validate_judge import good_answer
+
+    port = int(argv[argv.index("--port") + 1])
+    answer = (lambda p: "!!!!!!!!!!!!") if os.environ.get("FAKE_ANSWER") == "bang" else good_answer
+    srv = FakeOpenAI(answer)
+    srv.httpd.server_close()
+    srv.httpd = ThreadingHTTPServer(("127.0.0.1", port), srv.httpd.RequestHandlerClass)
+    print(f"fake engine serving on {port}; Using FakeNvFp4Kernel for NVFP4 GEMM", flush=True)
+    srv.httpd.serve_forever()
+
+
+if __name__ == "__main__":
+    import sys
+
+    _main(sys.argv[1:])

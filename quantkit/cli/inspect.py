@@ -89,7 +89,7 @@ def render_report(report) -> None:
 
 
 def register(app: typer.Typer) -> None:
-    @app.command("inspect")
+    @app.command("inspect", short_help="Lint a checkpoint from its headers: formats, precisions, exclusions, engine names, fit.")
     def inspect(
         source: Annotated[str, typer.Argument(help="a checkpoint directory, or a Hub id org/name (headers are "
                                                "read over HTTP; no weights are downloaded)", show_default=False)],

@@ -12,7 +12,9 @@ from quantkit.cli import plan as plan_cmd
 from quantkit.cli import publish as publish_cmd
 from quantkit.cli import quantize as quantize_cmd
 from quantkit.cli import recipes as recipes_cmd
+from quantkit.cli import run as run_cmd
 from quantkit.cli import validate as validate_cmd
+from quantkit.cli import variants as variants_cmd
 from quantkit.cli._errors import run_with_boundary
 
 app = typer.Typer(
@@ -22,7 +24,12 @@ app = typer.Typer(
          "  quantkit recipes\n\n"
          "  quantkit plan grm-27b --config ./GRM-2.6-Opus/config.json\n\n"
          "  quantkit quantize smollm2-135m --format both --out out/smollm2\n\n"
-         "  quantkit quantize grm-27b --exclude '*linear_attn*' --format modelopt --out out/grm-27b-nvfp4",
+         "  quantkit quantize grm-27b --exclude '*linear_attn*' --format modelopt --out out/grm-27b-nvfp4\n\n"
+         "  quantkit inspect out/smollm2/ct\n\n"
+         "  quantkit validate out/smollm2/modelopt out/smollm2/ct --junit report.xml\n\n"
+         "  quantkit variants smollm2-135m --out out/smollm2\n\n"
+         "  quantkit publish out/smollm2/ct --to dir:/srv/models/smollm2-nvfp4-ct\n\n"
+         "Exit codes: 0 ok, 1 a failed check, 2 engine failure, 3 bad input. Docs: docs/.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     add_completion=False,
@@ -49,6 +56,8 @@ quantize_cmd.register(app)
 inspect_cmd.register(app)
 validate_cmd.register(app)
 publish_cmd.register(app)
+variants_cmd.register(app)
+run_cmd.register(app)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -10,7 +10,7 @@ from quantkit.cli._options import BackendOpt, ConfigOpt, ExcludeOpt, JsonOpt, Re
 
 
 def register(app: typer.Typer) -> None:
-    @app.command("plan")
+    @app.command("plan", short_help="Dry run: every layer FP4 or kept, and the rule that decided.")
     def plan(recipe: RecipeArg, exclude: ExcludeOpt = None, backend: BackendOpt = None,
              config: ConfigOpt = None, as_json: JsonOpt = False, strict: StrictOpt = False) -> None:
         """Dry run: show which layers go to FP4 and which stay BF16, and why. No weights are read

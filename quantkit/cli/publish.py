@@ -9,7 +9,7 @@ import typer
 
 
 def register(app: typer.Typer) -> None:
-    @app.command("publish")
+    @app.command("publish", short_help="Publish a validated checkpoint with an honest model card.")
     def publish(
         checkpoint: Annotated[Path, typer.Argument(help="a checkpoint made by quantkit quantize", show_default=False)],
         to: Annotated[str, typer.Option("--to", help="hf:ORG/NAME (private by default) or dir:PATH", show_default=False)],

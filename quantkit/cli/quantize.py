@@ -69,7 +69,7 @@ def _summary(results) -> None:
 
 
 def register(app: typer.Typer) -> None:
-    @app.command("quantize")
+    @app.command("quantize", short_help="Quantize to NVFP4 (ModelOpt and/or compressed-tensors) from a recipe.")
     def quantize(
         recipe: RecipeArg,
         exclude: ExcludeOpt = None,

