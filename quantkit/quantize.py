@@ -46,6 +46,7 @@ class QuantizeOptions:
     samples: int | None = None
     seq_len: int | None = None
     model: str | None = None
+    algorithm: str | None = None
 
 
 @dataclass
@@ -133,6 +134,8 @@ def apply_options(recipe: Recipe, opts: QuantizeOptions) -> Recipe:
         r.calibration.samples = opts.samples
     if opts.seq_len:
         r.calibration.seq_len = opts.seq_len
+    if opts.algorithm:
+        r.calibration.algorithm = opts.algorithm
     return r
 
 
@@ -152,12 +155,18 @@ def _load(local: Path, recipe: Recipe, reporter: Reporter):
     return config, model, tok
 
 
+def _cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
 def _dir_bytes(p: Path) -> int:
     return sum(f.stat().st_size for f in p.rglob("*.safetensors"))
 
 
 def quantize(recipe: Recipe, opts: QuantizeOptions, reporter: Reporter = SILENT) -> list[VariantResult]:
-    from quantkit.backends import get_backend
+    from quantkit.backends import check_algorithm, get_backend
     from quantkit.calib import build_calibration
     from quantkit.checkpoint.manifest import write_manifest
     from quantkit.checkpoint.verify import verify_checkpoint
@@ -169,6 +178,7 @@ def quantize(recipe: Recipe, opts: QuantizeOptions, reporter: Reporter = SILENT)
     backends = {f: get_backend(FORMAT_BACKEND[f]) for f in formats}
     for b in backends.values():
         b.check_available()
+        check_algorithm(b.name, recipe.calibration.algorithm, _cuda())
     base_out = Path(opts.out) if opts.out else Path("out") / (recipe.name if len(formats) > 1 else f"{recipe.name}-nvfp4")
     outs = {f: (base_out / FORMAT_DIRS[f] if len(formats) > 1 else base_out) for f in formats}
     for f, p in outs.items():
@@ -202,8 +212,8 @@ def quantize(recipe: Recipe, opts: QuantizeOptions, reporter: Reporter = SILENT)
         reporter.stage(f"quantize [{fmt}]", f"{backend.name}: {len(plan.fp4)} FP4, {len(plan.kept)} kept")
         t_start = time.perf_counter()
         with atomic_dir(outs[fmt], overwrite=opts.overwrite) as tmp:
-            res = backend.quantize(work_model, tok, plan, calib, recipe.scheme, tmp,
-                                   progress=reporter.advance, kv_cache=recipe.kv_cache)
+            res = backend.quantize(work_model, tok, plan, calib, recipe.scheme, tmp, progress=reporter.advance,
+                                   kv_cache=recipe.kv_cache, algorithm=recipe.calibration.algorithm)
             tok.save_pretrained(tmp)
             if (local / "generation_config.json").is_file() and not (tmp / "generation_config.json").is_file():
                 shutil.copy2(local / "generation_config.json", tmp / "generation_config.json")

@@ -65,6 +65,10 @@ class ExcludeRule(_Strict):
 
 
 class Calibration(_Strict):
+    # minmax: plain NVFP4 scales (both backends); mse: MSE scale search for weights;
+    # gptq / awq: llm-compressor's GPTQ / AWQ with the NVFP4 scheme; awq_lite: ModelOpt's AWQ
+    # (ModelOpt's mse/awq_lite fake-quantize during calibration, which needs CUDA).
+    algorithm: Literal["minmax", "mse", "gptq", "awq", "awq_lite"] = "minmax"
     dataset: str = "bundled-en"
     samples: int = Field(64, ge=1, le=100_000)
     seq_len: int = Field(512, ge=16, le=131_072)

@@ -43,7 +43,8 @@ class LLMCompressorBackend:
                                hint="pip install 'llmcompressor==0.14.0.1'") from exc
 
     def quantize(self, model: Any, tokenizer: Any, plan: Any, calib: Any, scheme: str, out_dir: Path,
-                 progress: Callable[[str, int, int], None] | None = None, kv_cache: str = "none") -> BackendResult:
+                 progress: Callable[[str, int, int], None] | None = None, kv_cache: str = "none",
+                 algorithm: str = "minmax") -> BackendResult:
         from datasets import Dataset
         from llmcompressor import oneshot
         from llmcompressor.modifiers.quantization import QuantizationModifier
@@ -57,7 +58,7 @@ class LLMCompressorBackend:
         if kv_cache == "fp8":
             kwargs["kv_cache_scheme"] = {"num_bits": 8, "type": "float", "strategy": "tensor", "dynamic": False,
                                          "symmetric": True}
-        recipe = QuantizationModifier(targets="Linear", scheme=_SCHEMES[scheme], ignore=ignore, **kwargs)
+        recipe = _recipe(algorithm, _SCHEMES[scheme], ignore, kwargs)
         ds = Dataset.from_dict({"input_ids": calib.input_ids,
                                 "attention_mask": [[1] * len(x) for x in calib.input_ids]})
         timer = StepTimer()
@@ -67,7 +68,27 @@ class LLMCompressorBackend:
         with timer("export"):
             model.save_pretrained(out_dir, save_compressed=True)
             _append_regex_ignores(out_dir / "config.json", [e for e in ignore if e.startswith("re:")])
-        return BackendResult(self.format, timer.timings, native_config={"ignore": ignore, "scheme": _SCHEMES[scheme]})
+        return BackendResult(self.format, timer.timings,
+                             native_config={"ignore": ignore, "scheme": _SCHEMES[scheme], "algorithm": algorithm})
+
+
+def _recipe(algorithm: str, scheme: str, ignore: list[str], kwargs: dict) -> list:
+    """llm-compressor modifiers for a calibration algorithm (all with the NVFP4 scheme)."""
+    from llmcompressor.modifiers.quantization import GPTQModifier, QuantizationModifier
+
+    common = dict(targets="Linear", scheme=scheme, ignore=ignore, **kwargs)
+    if algorithm == "minmax":
+        return [QuantizationModifier(**common)]
+    if algorithm == "mse":  # MSE search over weight scales instead of min-max
+        return [QuantizationModifier(**common, weight_observer="memoryless_mse")]
+    if algorithm == "gptq":
+        return [GPTQModifier(**common)]
+    if algorithm == "awq":
+        from llmcompressor.modifiers.transform.awq import AWQModifier
+
+        # AWQ smooths activation->weight pairs (an exact rescaling), then the NVFP4 scheme quantizes
+        return [AWQModifier(), QuantizationModifier(**common)]
+    raise ValueError(f"llmcompressor has no algorithm {algorithm!r}")
 
 
 def _append_regex_ignores(config_json: Path, regexes: list[str]) -> None:

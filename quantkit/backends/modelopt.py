@@ -18,6 +18,8 @@ from quantkit.patterns import to_modelopt_disabled
 __all__ = ["ModelOptBackend"]
 
 _CONFIGS = {"nvfp4": "NVFP4_DEFAULT_CFG", "nvfp4-weight-only": "W4A16_NVFP4_CFG"}
+# quant config "algorithm" per quantkit calibration algorithm
+_ALGORITHMS = {"minmax": "max", "mse": {"method": "mse"}, "awq_lite": "awq_lite"}
 
 
 class ModelOptBackend:
@@ -31,10 +33,11 @@ class ModelOptBackend:
             raise BackendError(f"nvidia-modelopt is not importable: {exc}",
                                hint="pip install 'nvidia-modelopt==0.47.0' (without the [hf] extra)") from exc
 
-    def quant_config(self, plan: Any, scheme: str, kv_cache: str = "none") -> dict:
+    def quant_config(self, plan: Any, scheme: str, kv_cache: str = "none", algorithm: str = "minmax") -> dict:
         import modelopt.torch.quantization as mtq
 
         cfg = copy.deepcopy(getattr(mtq, _CONFIGS[scheme]))
+        cfg["algorithm"] = _ALGORITHMS[algorithm]
         entries = cfg["quant_cfg"]
         for pattern, body in to_modelopt_disabled(plan.kept_names()).items():
             entries.append({"quantizer_name": pattern, **body})
@@ -43,12 +46,13 @@ class ModelOptBackend:
         return cfg
 
     def quantize(self, model: Any, tokenizer: Any, plan: Any, calib: Any, scheme: str, out_dir: Path,
-                 progress: Callable[[str, int, int], None] | None = None, kv_cache: str = "none") -> BackendResult:
+                 progress: Callable[[str, int, int], None] | None = None, kv_cache: str = "none",
+                 algorithm: str = "minmax") -> BackendResult:
         import torch
         import modelopt.torch.quantization as mtq
         from modelopt.torch.export import export_hf_checkpoint
 
-        cfg = self.quant_config(plan, scheme, kv_cache)
+        cfg = self.quant_config(plan, scheme, kv_cache, algorithm)
         device = next(model.parameters()).device
         samples = calib.tensors()
         timer = StepTimer()
@@ -65,4 +69,5 @@ class ModelOptBackend:
         with timer("export"):
             export_hf_checkpoint(model, export_dir=str(out_dir))
         return BackendResult(self.format, timer.timings,
-                             native_config={"base": _CONFIGS[scheme], "disabled_modules": len(plan.kept_names())})
+                             native_config={"base": _CONFIGS[scheme], "algorithm": cfg["algorithm"],
+                                            "disabled_modules": len(plan.kept_names())})

@@ -83,6 +83,8 @@ def register(app: typer.Typer) -> None:
                            show_default=False)] = None,
         seq_len: Annotated[Optional[int], typer.Option("--seq-len", min=16, help="calibration sequence length",
                            show_default=False)] = None,
+        algorithm: Annotated[Optional[str], typer.Option("--algorithm", help="calibration algorithm: minmax, mse, "
+                             "gptq, awq (llmcompressor), awq_lite (modelopt, GPU)", show_default=False)] = None,
         overwrite: Annotated[bool, typer.Option("--overwrite", help="replace an existing output directory")] = False,
         strict: StrictOpt = False,
     ) -> None:
@@ -109,7 +111,7 @@ def register(app: typer.Typer) -> None:
         r = resolve_recipe(recipe)
         opts = QuantizeOptions(formats=parse_format(fmt) if fmt else None, backend=backend, exclude=exclude or [],
                                out=out, overwrite=overwrite, strict=strict, samples=samples, seq_len=seq_len,
-                               model=model)
+                               model=model, algorithm=algorithm)
         with RichReporter() as rep:
             results = run(r, opts, rep)
         _summary(results)

@@ -1,0 +1,53 @@
+"""Calibration algorithms as recipe options: each llm-compressor option produces a verified
+NVFP4 checkpoint of a tiny model; unsupported combinations fail before anything is loaded."""
+
+from __future__ import annotations
+
+import pytest
+
+from quantkit.cli.main import main
+from quantkit.checkpoint.formats import stored_modules
+from quantkit.checkpoint.headers import checkpoint_tensors
+from tiny_models import save_tiny_checkpoint
+
+pytestmark = pytest.mark.e2e
+
+
+@pytest.fixture(scope="module")
+def tiny_src(tmp_path_factory):
+    p = tmp_path_factory.mktemp("alg") / "src"
+    save_tiny_checkpoint("llama", p)
+    return p
+
+
+@pytest.mark.parametrize("algorithm", ["minmax", "mse", "gptq"])
+def test_llmcompressor_algorithms_produce_verified_nvfp4(tiny_src, tmp_path, algorithm):
+    import json
+
+    r = tmp_path / "r.yaml"
+    r.write_text(f"name: t\nmodel:\n  source: {tiny_src}\ncalibration:\n  algorithm: {algorithm}\n  samples: 4\n"
+                 "  seq_len: 64\n")
+    out = tmp_path / "out"
+    assert main(["quantize", str(r), "--format", "ct", "--out", str(out)]) == 0
+    mods = stored_modules(checkpoint_tensors(out))
+    assert sum(m.precision == "fp4" for m in mods.values()) == 14
+    m = json.loads((out / "quantkit.json").read_text())
+    assert m["recipe"]["calibration"]["algorithm"] == algorithm
+
+
+@pytest.mark.parametrize("fmt,algorithm", [("modelopt", "awq_lite"), ("modelopt", "mse"), ("ct", "awq")])
+def test_gpu_only_algorithms_fail_before_loading_on_cpu(capsys, fmt, algorithm):
+    from conftest import cuda_available
+
+    if cuda_available():
+        pytest.skip("has a GPU")
+    assert main(["quantize", "smollm2-135m", "--format", fmt, "--algorithm", algorithm,
+                 "--out", "/nonexistent/never-written"]) == 3
+    err = capsys.readouterr().err
+    assert "needs a CUDA GPU" in err and "supported here: minmax" in err
+
+
+def test_unknown_algorithm_lists_supported(capsys):
+    assert main(["quantize", "smollm2-135m", "--format", "ct", "--algorithm", "smoothquant",
+                 "--out", "/nonexistent/x"]) == 3
+    assert "supported here: minmax, mse, gptq" in capsys.readouterr().err
