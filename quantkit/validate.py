@@ -72,6 +72,17 @@ def _format_of(path: Path | None) -> str:
             "compressed-tensors-fp8": "compressed-tensors", "unquantized": "unquantized"}.get(kind, kind)
 
 
+def has_chat_template(path: Path | None) -> bool:
+    """Whether the checkpoint's tokenizer can render chats (base models often cannot); unknown
+    for a remote endpoint, where chat probes are tried."""
+    if path is None:
+        return True
+    if (path / "chat_template.jinja").is_file() or (path / "chat_template.json").is_file():
+        return True
+    cfg = path / "tokenizer_config.json"
+    return cfg.is_file() and bool(json.loads(cfg.read_text()).get("chat_template"))
+
+
 def _inspect_errors(path: Path) -> list[str]:
     try:
         from quantkit.inspect import inspect_checkpoint
@@ -185,11 +196,16 @@ def validate_one(target: str, opts: ValidateOptions, suite: Suite, profile: Engi
                 client = stack.enter_context(server)
                 client.model = SERVED_NAME
                 v.timings["boot"] = server.boot_seconds
-            reporter.stage("probes", f"{len(suite.probes)} probes")
+            todo = suite.probes
+            if not has_chat_template(path):
+                todo = [p for p in suite.probes if p.kind != "chat"]
+                v.warnings.append(f"{len(suite.probes) - len(todo)} chat probes skipped: the checkpoint has no chat "
+                                  "template (a base model)")
+            reporter.stage("probes", f"{len(todo)} probes")
             t1 = time.perf_counter()
-            for i, probe in enumerate(suite.probes):
+            for i, probe in enumerate(todo):
                 probes.append(run_probe(client, probe))
-                reporter.advance("probes", i + 1, len(suite.probes))
+                reporter.advance("probes", i + 1, len(todo))
             v.timings["probes"] = round(time.perf_counter() - t1, 2)
             if suite.perplexity and not opts.skip_perplexity:
                 reporter.stage("perplexity", suite.perplexity.text)

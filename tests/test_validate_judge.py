@@ -127,3 +127,16 @@ def test_passing_report_is_bound_to_content_hash(tmp_path):
 
     (ckpt / "config.json").write_text((ckpt / "config.json").read_text() + " ")
     assert checkpoint_hash(ckpt) != h and not find_passing_report(checkpoint_hash(ckpt))
+
+
+def test_chat_probes_skipped_without_chat_template(tmp_path):
+    ckpt = _tiny_ckpt(tmp_path)
+    (ckpt / "chat_template.jinja").unlink(missing_ok=True)
+    cfg = json.loads((ckpt / "tokenizer_config.json").read_text())
+    cfg.pop("chat_template", None)
+    (ckpt / "tokenizer_config.json").write_text(json.dumps(cfg))
+    with FakeOpenAI(good_answer) as srv:
+        code, rep = _run(tmp_path, str(ckpt), "--engine", "endpoint", "--url", srv.url, "--skip-inspect")
+    v = rep["verdicts"][0]
+    assert code == 0 and all(p["kind"] == "completion" for p in v["probes"])
+    assert any("chat probes skipped" in w for w in v["warnings"])
