@@ -167,6 +167,7 @@ def _dir_bytes(p: Path) -> int:
 
 def quantize(recipe: Recipe, opts: QuantizeOptions, reporter: Reporter = SILENT) -> list[VariantResult]:
     from quantkit.backends import check_algorithm, get_backend
+    from quantkit.backends.base import timed
     from quantkit.calib import build_calibration
     from quantkit.checkpoint.manifest import write_manifest
     from quantkit.checkpoint.verify import verify_checkpoint
@@ -219,7 +220,7 @@ def quantize(recipe: Recipe, opts: QuantizeOptions, reporter: Reporter = SILENT)
                 shutil.copy2(local / "generation_config.json", tmp / "generation_config.json")
             (tmp / "quantkit-recipe.yaml").write_text(yaml.safe_dump(resolved, sort_keys=False))
             reporter.stage(f"verify [{fmt}]")
-            with _timed(res.timings, "verify"):
+            with timed(res.timings, "verify"):
                 report = verify_checkpoint(tmp, plan, fmt, source=local)
             for fix in report.fixes:
                 reporter.info(f"fixed: {fix}")
@@ -228,6 +229,7 @@ def quantize(recipe: Recipe, opts: QuantizeOptions, reporter: Reporter = SILENT)
             timings = {"load": round(t_load, 3), **res.timings}
             manifest = write_manifest(tmp, {
                 "format": fmt, "backend": backend.name, "scheme": recipe.scheme,
+                "backend_config": res.native_config,
                 "source": {"model": recipe.model.source, "revision": recipe.model.revision, "local_path": str(local)},
                 "recipe": resolved,
                 "plan": {**plan.to_dict()["summary"], "families": plan.families, "model_type": plan.model_type,
@@ -244,10 +246,3 @@ def quantize(recipe: Recipe, opts: QuantizeOptions, reporter: Reporter = SILENT)
                                      report.fp4_modules, len(plan.kept), size, plan.source_bytes))
         del work_model
     return results
-
-
-@contextmanager
-def _timed(timings: dict, key: str):
-    t = time.perf_counter()
-    yield
-    timings[key] = round(time.perf_counter() - t, 3)

@@ -3,39 +3,30 @@ given samples, and export a checkpoint directory in the backend's format."""
 
 from __future__ import annotations
 
+import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Protocol
+from typing import Any, Callable, Iterator, Protocol
 
-__all__ = ["Backend", "BackendResult", "StepTimer"]
+__all__ = ["Backend", "BackendResult", "timed"]
 
 
 @dataclass
 class BackendResult:
     format: str
     timings: dict[str, float] = field(default_factory=dict)  # calibrate / export seconds
-    native_config: Any = None  # what the backend was given (modelopt quant_cfg / llm-compressor recipe)
-    notes: list[str] = field(default_factory=list)
+    native_config: Any = None  # what the backend was given, recorded in quantkit.json
 
 
-class StepTimer:
-    def __init__(self) -> None:
-        import time
-
-        self._now = time.perf_counter
-        self.timings: dict[str, float] = {}
-
-    def __call__(self, name: str):
-        timer = self
-
-        class _Ctx:
-            def __enter__(self_inner):
-                self_inner.t0 = timer._now()
-
-            def __exit__(self_inner, *exc):
-                timer.timings[name] = round(timer._now() - self_inner.t0, 3)
-
-        return _Ctx()
+@contextmanager
+def timed(timings: dict[str, float], key: str) -> Iterator[None]:
+    """Record the wall time of the block in `timings[key]` (seconds)."""
+    t0 = time.perf_counter()
+    try:
+        yield
+    finally:
+        timings[key] = round(time.perf_counter() - t0, 3)
 
 
 class Backend(Protocol):
@@ -46,5 +37,7 @@ class Backend(Protocol):
         """Raise BackendError with an install hint if the library is missing."""
 
     def quantize(self, model: Any, tokenizer: Any, plan: Any, calib: Any, scheme: str, out_dir: Path,
-                 progress: Callable[[str, int, int], None] | None = None) -> BackendResult:
-        """Quantize `model` in place per `plan` and write the checkpoint to `out_dir`."""
+                 progress: Callable[[str, int, int], None] | None = None, kv_cache: str = "none",
+                 algorithm: str = "minmax") -> BackendResult:
+        """Quantize `model` in place per `plan` (its kept modules stay unquantized), calibrating on
+        `calib`, and write the checkpoint in the backend's format to `out_dir`."""

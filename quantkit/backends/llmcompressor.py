@@ -12,7 +12,7 @@ import json
 from pathlib import Path
 from typing import Any, Callable
 
-from quantkit.backends.base import BackendResult, StepTimer
+from quantkit.backends.base import BackendResult, timed
 from quantkit.errors import BackendError
 from quantkit.patterns import to_llmcompressor_ignore
 
@@ -61,14 +61,14 @@ class LLMCompressorBackend:
         recipe = _recipe(algorithm, _SCHEMES[scheme], ignore, kwargs)
         ds = Dataset.from_dict({"input_ids": calib.input_ids,
                                 "attention_mask": [[1] * len(x) for x in calib.input_ids]})
-        timer = StepTimer()
-        with timer("calibrate"):
+        timings: dict[str, float] = {}
+        with timed(timings, "calibrate"):
             oneshot(model=model, processor=tokenizer, dataset=ds, recipe=recipe,
                     num_calibration_samples=len(calib.input_ids), max_seq_length=calib.seq_len)
-        with timer("export"):
+        with timed(timings, "export"):
             model.save_pretrained(out_dir, save_compressed=True)
             _append_regex_ignores(out_dir / "config.json", [e for e in ignore if e.startswith("re:")])
-        return BackendResult(self.format, timer.timings,
+        return BackendResult(self.format, timings,
                              native_config={"ignore": ignore, "scheme": _SCHEMES[scheme], "algorithm": algorithm})
 
 

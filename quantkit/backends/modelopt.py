@@ -11,7 +11,7 @@ import copy
 from pathlib import Path
 from typing import Any, Callable
 
-from quantkit.backends.base import BackendResult, StepTimer
+from quantkit.backends.base import BackendResult, timed
 from quantkit.errors import BackendError
 from quantkit.patterns import to_modelopt_disabled
 
@@ -55,7 +55,7 @@ class ModelOptBackend:
         cfg = self.quant_config(plan, scheme, kv_cache, algorithm)
         device = next(model.parameters()).device
         samples = calib.tensors()
-        timer = StepTimer()
+        timings: dict[str, float] = {}
 
         def forward_loop(m):
             with torch.no_grad():
@@ -64,10 +64,10 @@ class ModelOptBackend:
                     if progress:
                         progress("calibrate", i + 1, len(samples))
 
-        with timer("calibrate"):
+        with timed(timings, "calibrate"):
             mtq.quantize(model, cfg, forward_loop)
-        with timer("export"):
+        with timed(timings, "export"):
             export_hf_checkpoint(model, export_dir=str(out_dir))
-        return BackendResult(self.format, timer.timings,
+        return BackendResult(self.format, timings,
                              native_config={"base": _CONFIGS[scheme], "algorithm": cfg["algorithm"],
                                             "disabled_modules": len(plan.kept_names())})

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from quantkit.checkpoint.formats import FormatInfo, declared_unquantized, detect_format, is_embedding, stored_modules
-from quantkit.checkpoint.headers import checkpoint_tensors, weight_files
+from quantkit.checkpoint.headers import checkpoint_tensors, read_header, weight_files
 from quantkit.errors import VerificationError
 
 __all__ = ["VerifyReport", "verify_checkpoint", "plan_name_for", "EXPECTED_KIND", "MTP_RE"]
@@ -113,7 +113,7 @@ def _carry_mtp(ckpt: Path, source: Path, fmt: str, report: VerifyReport) -> None
         index = json.loads(index_p.read_text())
     else:
         index = {"metadata": {}, "weight_map": {n: f.name for f in weight_files(ckpt) if f.name != "mtp.safetensors"
-                                                for n in checkpoint_tensors_file(f)}}
+                                                for n in read_header(f)[0]}}
     index["weight_map"].update({n: "mtp.safetensors" for n in tensors})
     index_p.write_text(json.dumps(index, indent=2) + "\n")
     # Declare them unquantized so no engine loads them as FP4.
@@ -124,12 +124,6 @@ def _carry_mtp(ckpt: Path, source: Path, fmt: str, report: VerifyReport) -> None
         _add_entry(ckpt / "config.json", ("quantization_config", "ignore"), "re:(.*\\.)?mtp\\..*")
     report.mtp_tensors_carried = len(tensors)
     report.fixes.append(f"carried {len(tensors)} MTP tensors of the source over in BF16 (mtp.safetensors)")
-
-
-def checkpoint_tensors_file(f: Path) -> list[str]:
-    from quantkit.checkpoint.headers import read_header
-
-    return list(read_header(f)[0])
 
 
 def _add_entry(p: Path, path: tuple[str, str], entry: str) -> None:
