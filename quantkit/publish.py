@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from quantkit import __version__
-from quantkit.checkpoint.formats import detect_format
+from quantkit.checkpoint.formats import FORMAT_OF_KIND, NVFP4_KIND, detect_format
 from quantkit.checkpoint.manifest import read_manifest
 from quantkit.errors import PublishError, RecipeError
 from quantkit.report import find_passing_report
@@ -23,7 +23,6 @@ from quantkit.validate import checkpoint_hash
 
 __all__ = ["PublishResult", "publish", "parse_target", "staged_files", "hf_operations"]
 
-_FORMAT_OF_KIND = {"modelopt-nvfp4": "modelopt", "compressed-tensors-nvfp4": "compressed-tensors"}
 
 
 @dataclass
@@ -47,7 +46,7 @@ def parse_target(to: str) -> tuple[str, str]:
 
 def _check_metadata(ckpt: Path) -> str:
     info = detect_format(ckpt)
-    fmt = _FORMAT_OF_KIND.get(info.kind)
+    fmt = FORMAT_OF_KIND.get(info.kind) if info.kind in NVFP4_KIND.values() else None
     if fmt is None:
         raise PublishError(f"{ckpt} is not an NVFP4 checkpoint quantkit can publish (format: {info.kind})",
                            hint="publish a ModelOpt or compressed-tensors NVFP4 checkpoint")

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from quantkit import __version__
-from quantkit.checkpoint.formats import detect_format
+from quantkit.checkpoint.formats import format_of
 from quantkit.checkpoint.manifest import content_hash, file_hashes
 from quantkit.engines.profiles import EngineProfile, engine_python, get_profile
 from quantkit.engines.server import EngineServer, free_port, log_tail
@@ -65,11 +65,7 @@ def _local(target: str) -> Path | None:
 
 
 def _format_of(path: Path | None) -> str:
-    if path is None:
-        return "unknown"
-    kind = detect_format(path).kind
-    return {"modelopt-nvfp4": "modelopt", "modelopt-fp8": "modelopt", "compressed-tensors-nvfp4": "compressed-tensors",
-            "compressed-tensors-fp8": "compressed-tensors", "unquantized": "unquantized"}.get(kind, kind)
+    return format_of(path) if path is not None else "unknown"
 
 
 def has_chat_template(path: Path | None) -> bool:

@@ -22,6 +22,13 @@ _SUFFIXES = frozenset(("weight_packed", "weight_scale_2", "weight_global_scale",
 _FLOAT = {"BF16": "bf16", "F16": "f16", "F32": "f32"}
 
 
+# detect_format kinds -> quantkit's format names (the producer family), and each format's NVFP4 kind
+FORMAT_OF_KIND = {"modelopt-nvfp4": "modelopt", "modelopt-fp8": "modelopt",
+                  "compressed-tensors-nvfp4": "compressed-tensors", "compressed-tensors-fp8": "compressed-tensors",
+                  "unquantized": "unquantized"}
+NVFP4_KIND = {"modelopt": "modelopt-nvfp4", "compressed-tensors": "compressed-tensors-nvfp4"}
+
+
 @dataclass(frozen=True)
 class StoredModule:
     name: str
@@ -168,3 +175,9 @@ def unquantized_matcher(info: FormatInfo) -> Callable[[str], str | None]:
         return entries[hit] if hit is not None else None
 
     return match
+
+
+def format_of(ckpt: str | Path) -> str:
+    """quantkit's name for a checkpoint's format (modelopt, compressed-tensors, unquantized, or the kind)."""
+    kind = detect_format(ckpt).kind
+    return FORMAT_OF_KIND.get(kind, kind)

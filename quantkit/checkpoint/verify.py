@@ -12,13 +12,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from quantkit.checkpoint.formats import FormatInfo, declared_unquantized, detect_format, is_embedding, stored_modules
+from quantkit.checkpoint.formats import NVFP4_KIND, FormatInfo, declared_unquantized, detect_format, is_embedding, stored_modules
 from quantkit.checkpoint.headers import checkpoint_tensors, read_header, weight_files
 from quantkit.errors import VerificationError
 
-__all__ = ["VerifyReport", "verify_checkpoint", "plan_name_for", "EXPECTED_KIND", "MTP_RE"]
+__all__ = ["VerifyReport", "verify_checkpoint", "plan_name_for", "MTP_RE"]
 
-EXPECTED_KIND = {"modelopt": "modelopt-nvfp4", "compressed-tensors": "compressed-tensors-nvfp4"}
 MTP_RE = re.compile(r"(^|\.)mtp\.")
 _SENTINEL = re.compile(r"\x00[^*]*")
 
@@ -142,8 +141,8 @@ def verify_checkpoint(ckpt: Path, plan: Any, fmt: str, source: Path | None = Non
     info = detect_format(ckpt)
     report = VerifyReport(info.kind)
     problems: list[str] = []
-    if info.kind != EXPECTED_KIND[fmt]:
-        problems.append(f"metadata says {info.kind!r} (quant_method {info.quant_method!r}), expected {EXPECTED_KIND[fmt]!r}")
+    if info.kind != NVFP4_KIND[fmt]:
+        problems.append(f"metadata says {info.kind!r} (quant_method {info.quant_method!r}), expected {NVFP4_KIND[fmt]!r}")
     if info.group_size not in (None, 16):
         problems.append(f"group_size is {info.group_size}, NVFP4 needs 16")
     if fmt == "modelopt" and not (ckpt / "hf_quant_config.json").is_file():
