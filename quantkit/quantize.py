@@ -155,6 +155,14 @@ def _load(local: Path, recipe: Recipe, reporter: Reporter):
     return config, model, tok
 
 
+def _gpu_stats() -> dict:
+    import torch
+
+    if not torch.cuda.is_available():
+        return {"device": "cpu"}
+    return {"device": torch.cuda.get_device_name(0), "peak_gpu_bytes": torch.cuda.max_memory_allocated()}
+
+
 def _cuda() -> bool:
     import torch
 
@@ -238,7 +246,7 @@ def quantize(recipe: Recipe, opts: QuantizeOptions, reporter: Reporter = SILENT)
                          "rules": [r.to_dict() for r in plan.rules if r.source in ("cli", "recipe")]},
                 "calibration": calib.describe(),
                 "verification": report.to_dict(),
-                "run": {"timings_s": timings, "peak_rss_bytes": _peak_rss(),
+                "run": {"timings_s": timings, "peak_rss_bytes": _peak_rss(), **_gpu_stats(),
                         "wall_s": round(time.perf_counter() - t_start, 3)},
             })
             size = _dir_bytes(tmp)

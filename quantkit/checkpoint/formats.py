@@ -22,6 +22,10 @@ _SUFFIXES = frozenset(("weight_packed", "weight_scale_2", "weight_global_scale",
 _FLOAT = {"BF16": "bf16", "F16": "f16", "F32": "f32"}
 
 
+# ModelOpt quant_algo values (NVFP4_AWQ: AWQ-calibrated NVFP4 with pre_quant_scale tensors;
+# W4A16_NVFP4: weight-only NVFP4) -> detect_format kinds
+_MODELOPT_KIND = {"NVFP4": "modelopt-nvfp4", "NVFP4_AWQ": "modelopt-nvfp4", "W4A16_NVFP4": "modelopt-nvfp4",
+                  "FP8": "modelopt-fp8", "MIXED_PRECISION": "mixed"}
 # detect_format kinds -> quantkit's format names (the producer family), and each format's NVFP4 kind
 FORMAT_OF_KIND = {"modelopt-nvfp4": "modelopt", "modelopt-fp8": "modelopt",
                   "compressed-tensors-nvfp4": "compressed-tensors", "compressed-tensors-fp8": "compressed-tensors",
@@ -100,7 +104,7 @@ def detect_format(ckpt: str | Path) -> FormatInfo:
         q = (hfq or {}).get("quantization", {}) if hfq else qc
         algo = q.get("quant_algo") or qc.get("quant_algo")
         prod = (hfq or qc).get("producer", {}) or {}
-        kind = {"NVFP4": "modelopt-nvfp4", "FP8": "modelopt-fp8", "MIXED_PRECISION": "mixed"}.get(algo, "unknown")
+        kind = _MODELOPT_KIND.get(algo, "unknown")
         entries = list(q.get("exclude_modules") or qc.get("ignore") or [])
         return FormatInfo(kind, method, prod.get("name"), prod.get("version"), algo, None, q.get("group_size"),
                           q.get("kv_cache_quant_algo"), entries, qc, hfq)
