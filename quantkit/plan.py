@@ -148,8 +148,7 @@ def build_plan(config: Any, *, model_source: str, backend: str, scheme: str = "n
     decisions = [_decide(m, rules, backend) for m in mods]
     total, nbytes = param_stats(model)
 
-    used = {d.rule for d in decisions if d.rule}
-    unmatched = [r for r in user_rules if r.pattern.raw not in used and not any(r.pattern.covers(m.name) for m in mods)]
+    unmatched = [r for r in user_rules if not any(r.pattern.covers(m.name) for m in mods)]
     warnings = [f"pattern {r.pattern.raw!r} ({r.source}) matched no quantizable module" for r in unmatched]
     if unmatched and strict:
         raise PatternError(warnings[0] + (f" (+{len(unmatched) - 1} more)" if len(unmatched) > 1 else ""),

@@ -48,6 +48,7 @@ class ValidateOptions:
     log_dir: Path = Path("reports")
     skip_inspect: bool = False
     skip_perplexity: bool = False
+    max_ppl_ratio: float | None = None  # overrides the suite's perplexity max_ratio (recipe validate.max_ppl_ratio)
 
 
 def checkpoint_hash(path: Path) -> str:
@@ -134,7 +135,8 @@ def _root_cause(message: str, log: Path) -> str:
     return first
 
 
-def _judge(v: Verdict, suite: Suite, probes: list, ppl: dict | None, base: dict | None, scan: dict) -> None:
+def _judge(v: Verdict, suite: Suite, probes: list, ppl: dict | None, base: dict | None, scan: dict,
+           max_ratio: float | None = None) -> None:
     for p in probes:
         for det, why in p.failures.items():
             v.fail(f"probe {p.id}: {det}: {why}")
@@ -148,9 +150,10 @@ def _judge(v: Verdict, suite: Suite, probes: list, ppl: dict | None, base: dict 
         if ppl["perplexity"] > suite.perplexity.max_perplexity:
             v.fail(f"reference perplexity {ppl['perplexity']:.1f} > {suite.perplexity.max_perplexity:g}: fluent garbage "
                    "or broken weights")
-        if base and ppl["perplexity"] / base["perplexity"] > suite.perplexity.max_ratio:
+        limit = max_ratio or suite.perplexity.max_ratio
+        if base and ppl["perplexity"] / base["perplexity"] > limit:
             v.fail(f"reference perplexity {ppl['perplexity']:.1f} is x{ppl['perplexity'] / base['perplexity']:.2f} "
-                   f"the baseline's {base['perplexity']:.1f} (limit x{suite.perplexity.max_ratio:g})")
+                   f"the baseline's {base['perplexity']:.1f} (limit x{limit:g})")
     for f in scan["findings"]:
         msg = f"engine log: {f['name']}: {f['why']} ({f['line']!r})"
         (v.fail(msg) if f["severity"] == "error" else v.warnings.append(msg))
@@ -225,7 +228,7 @@ def validate_one(target: str, opts: ValidateOptions, suite: Suite, profile: Engi
     v.probes = [p.to_dict() for p in probes]
     v.perplexity, v.baseline = ppl, base
     v.logscan = scan_log(log) if server is not None else {"facts": {}, "findings": []}
-    _judge(v, suite, probes, ppl, base, v.logscan)
+    _judge(v, suite, probes, ppl, base, v.logscan, opts.max_ppl_ratio)
     v.timings["total"] = round(time.perf_counter() - t0, 2)
     return v
 

@@ -140,3 +140,15 @@ def test_chat_probes_skipped_without_chat_template(tmp_path):
     v = rep["verdicts"][0]
     assert code == 0 and all(p["kind"] == "completion" for p in v["probes"])
     assert any("chat probes skipped" in w for w in v["warnings"])
+
+
+def test_recipe_perplexity_ratio_limit_overrides_the_suite(tmp_path):
+    from quantkit.validate import ValidateOptions, validate
+
+    base = {"perplexity": 5.0}  # candidate scores e^2 = 7.39: x1.48 of the baseline
+    with FakeOpenAI(good_answer, logprob=-2.0) as srv:
+        default = validate(["x/y"], ValidateOptions(engine="endpoint", url=srv.url, log_dir=tmp_path), baseline=base)
+        strict = validate(["x/y"], ValidateOptions(engine="endpoint", url=srv.url, log_dir=tmp_path,
+                                                   max_ppl_ratio=1.25), baseline=base)
+    assert default.exit_code == 0  # the smoke suite allows x1.8
+    assert strict.exit_code == 1 and "limit x1.25" in strict.verdicts[0].reasons[0]

@@ -41,7 +41,8 @@ def register(app: typer.Typer) -> None:
         r = resolve_recipe(recipe)
         qopts = QuantizeOptions(formats=parse_format(fmt) if fmt else None, exclude=exclude or [], overwrite=overwrite)
         vopts = ValidateOptions(engine=engine or r.validate_.engine, suite=r.validate_.suite,
-                                engine_python=engine_python, extra_args=r.validate_.engine_args)
+                                engine_python=engine_python, extra_args=r.validate_.engine_args,
+                                max_ppl_ratio=r.validate_.max_ppl_ratio)
         with RichReporter() as rep:
             res = run_pipeline(r, qopts, vopts, to, rep)
         _summary(res.quantized)

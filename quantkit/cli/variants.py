@@ -44,7 +44,8 @@ def register(app: typer.Typer) -> None:
         r = resolve_recipe(recipe)
         with RichReporter() as rep:
             cmp = run(r, QuantizeOptions(out=out, exclude=exclude or [], samples=samples, overwrite=overwrite),
-                      ValidateOptions(engine=engine, engine_python=engine_python), rep)
+                      ValidateOptions(engine=engine, engine_python=engine_python, suite=r.validate_.suite,
+                                      max_ppl_ratio=r.validate_.max_ppl_ratio), rep)
         for row in comparison_rows(cmp):
             ratio = f" (x{row['ppl_ratio']})" if row["ppl_ratio"] and row["variant"] != "bf16" else ""
             console.print(f"{row['variant']:<10} {row['verdict']:<12} ppl {row['perplexity']}{ratio}  "
