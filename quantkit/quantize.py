@@ -47,6 +47,9 @@ class QuantizeOptions:
     seq_len: int | None = None
     model: str | None = None
     algorithm: str | None = None
+    mode: str = "auto"  # auto | full | layerwise
+    max_memory: int | None = None  # bytes; default: the memory available now
+    resume: bool = False
 
 
 @dataclass
@@ -173,14 +176,35 @@ def _dir_bytes(p: Path) -> int:
     return sum(f.stat().st_size for f in p.rglob("*.safetensors"))
 
 
+def _preflight(recipe: Recipe, opts: QuantizeOptions, formats: list[str], config: Any, reporter: Reporter) -> tuple[str, dict]:
+    from quantkit.modules import meta_model, param_stats
+    from quantkit.stream.preflight import available_memory, choose_mode, estimate
+
+    if opts.mode not in ("auto", "full", "layerwise"):
+        raise RecipeError(f"unknown mode {opts.mode!r}", hint="use --mode auto, full or layerwise")
+    meta = meta_model(config)
+    total, _ = param_stats(meta)
+    text = config.get_text_config() if hasattr(config, "get_text_config") else config
+    tokens = recipe.calibration.samples * recipe.calibration.seq_len
+    est = estimate(meta, total, len(formats), tokens, int(getattr(text, "hidden_size", 0) or 0), _cuda())
+    limit = opts.max_memory or available_memory()
+    source = "--max-memory" if opts.max_memory else "available memory"
+    requested = "layerwise" if opts.resume and opts.mode == "auto" else opts.mode
+    if opts.resume and requested == "full":
+        raise RecipeError("--resume works with --mode layerwise only", hint="drop --mode full, or drop --resume")
+    mode = choose_mode(requested, est, limit, source)
+    e = est[mode]
+    reporter.stage("pre-flight", f"mode {mode}: ~{e.peak_bytes / 2**30:.1f} GiB peak, ~{e.seconds:.0f} s "
+                   f"({source} {limit / 2**30:.1f} GiB; full ~{est['full'].peak_bytes / 2**30:.1f} GiB)")
+    return mode, {"mode": mode, "limit_bytes": limit, "limit_source": source,
+                  "estimates": {k: v.to_dict() for k, v in est.items()}}
+
+
 def quantize(recipe: Recipe, opts: QuantizeOptions, reporter: Reporter = SILENT) -> list[VariantResult]:
     from quantkit.backends import check_algorithm, get_backend
-    from quantkit.backends.base import timed
     from quantkit.calib import build_calibration
-    from quantkit.checkpoint.manifest import write_manifest
-    from quantkit.checkpoint.verify import verify_checkpoint
     from quantkit.plan import build_plan
-    from quantkit.source import local_checkpoint
+    from quantkit.source import load_config, local_checkpoint
 
     recipe = apply_options(recipe, opts)
     formats = resolve_formats(recipe, opts)
@@ -196,10 +220,18 @@ def quantize(recipe: Recipe, opts: QuantizeOptions, reporter: Reporter = SILENT)
 
     t0 = time.perf_counter()
     reporter.stage("resolve", recipe.model.source)
-    local = local_checkpoint(recipe.model.source, recipe.model.revision)
+    m = recipe.model
+    config = load_config(m.source, m.revision, m.trust_remote_code)
+    mode, preflight = _preflight(recipe, opts, formats, config, reporter)
+    local = local_checkpoint(m.source, m.revision)
+    ctx = _Context(recipe, opts, formats, backends, outs, local, preflight, reporter)
+    if mode == "layerwise":
+        from quantkit.stream.run import quantize_layerwise
+
+        return quantize_layerwise(ctx, base_out, config, t0)
     config, model, tok = _load(local, recipe, reporter)
     t_load = time.perf_counter() - t0
-    plans = {f: build_plan(config, model_source=recipe.model.source, backend=FORMAT_BACKEND[f], scheme=recipe.scheme,
+    plans = {f: build_plan(config, model_source=m.source, backend=FORMAT_BACKEND[f], scheme=recipe.scheme,
                            recipe_rules=recipe.patterns(), cli_patterns=opts.exclude, family=recipe.family,
                            strict=opts.strict, model=model) for f in formats}
     for w in plans[formats[0]].warnings:
@@ -210,10 +242,6 @@ def quantize(recipe: Recipe, opts: QuantizeOptions, reporter: Reporter = SILENT)
     if len(calib.input_ids) < c.samples:
         reporter.info(f"note: {c.dataset} has {len(calib.input_ids)} samples; {c.samples} were asked for")
 
-    resolved = recipe.model_dump(mode="json", by_alias=True, exclude_none=True)
-    if opts.exclude:
-        resolved["exclude"] = resolved.get("exclude", []) + [
-            {"pattern": p, "reason": "excluded on the command line (--exclude)"} for p in opts.exclude]
     results = []
     for i, fmt in enumerate(formats):
         backend, plan = backends[fmt], plans[fmt]
@@ -223,34 +251,65 @@ def quantize(recipe: Recipe, opts: QuantizeOptions, reporter: Reporter = SILENT)
         with atomic_dir(outs[fmt], overwrite=opts.overwrite) as tmp:
             res = backend.quantize(work_model, tok, plan, calib, recipe.scheme, tmp, progress=reporter.advance,
                                    kv_cache=recipe.kv_cache, algorithm=recipe.calibration.algorithm)
-            tok.save_pretrained(tmp)
-            if (local / "generation_config.json").is_file() and not (tmp / "generation_config.json").is_file():
-                shutil.copy2(local / "generation_config.json", tmp / "generation_config.json")
-            (tmp / "quantkit-recipe.yaml").write_text(yaml.safe_dump(resolved, sort_keys=False))
-            reporter.stage(f"verify [{fmt}]")
-            with timed(res.timings, "verify"):
-                report = verify_checkpoint(tmp, plan, fmt, source=local)
-            for fix in report.fixes:
-                reporter.info(f"fixed: {fix}")
-            for w in report.warnings:
-                reporter.info(f"warning: {w}")
-            timings = {"load": round(t_load, 3), **res.timings}
-            manifest = write_manifest(tmp, {
-                "format": fmt, "backend": backend.name, "scheme": recipe.scheme,
-                "backend_config": res.native_config,
-                "source": {"model": recipe.model.source, "revision": recipe.model.revision, "local_path": str(local)},
-                "recipe": resolved,
-                "plan": {**plan.to_dict()["summary"], "families": plan.families, "model_type": plan.model_type,
-                         "architecture": plan.architecture,
-                         "kept": [{"module": d.module.name, "reason": d.reason, "source": d.source} for d in plan.kept],
-                         "rules": [r.to_dict() for r in plan.rules if r.source in ("cli", "recipe")]},
-                "calibration": calib.describe(),
-                "verification": report.to_dict(),
-                "run": {"timings_s": timings, "peak_rss_bytes": _peak_rss(), **_gpu_stats(),
-                        "wall_s": round(time.perf_counter() - t_start, 3)},
-            })
-            size = _dir_bytes(tmp)
-        results.append(VariantResult(fmt, backend.name, outs[fmt], manifest, timings, _peak_rss(),
-                                     report.fp4_modules, len(plan.kept), size, plan.source_bytes))
+            results.append(finish_variant(ctx, tmp, fmt, plan, calib, tok, {"load": round(t_load, 3), **res.timings},
+                                          res.native_config, t_start))
         del work_model
     return results
+
+
+@dataclass
+class _Context:
+    recipe: Recipe
+    opts: QuantizeOptions
+    formats: list[str]
+    backends: dict[str, Any]
+    outs: dict[str, Path]
+    local: Path
+    preflight: dict
+    reporter: Reporter
+
+    def resolved_recipe(self) -> dict:
+        resolved = self.recipe.model_dump(mode="json", by_alias=True, exclude_none=True)
+        if self.opts.exclude:
+            resolved["exclude"] = resolved.get("exclude", []) + [
+                {"pattern": p, "reason": "excluded on the command line (--exclude)"} for p in self.opts.exclude]
+        return resolved
+
+
+def finish_variant(ctx: _Context, tmp: Path, fmt: str, plan: Any, calib: Any, tok: Any, timings: dict,
+                   native_config: Any, t_start: float, run_extra: dict | None = None) -> VariantResult:
+    """Tokenizer, recipe, verification and manifest for one written checkpoint in `tmp`."""
+    from quantkit.backends.base import timed
+    from quantkit.checkpoint.manifest import write_manifest
+    from quantkit.checkpoint.verify import verify_checkpoint
+
+    recipe, reporter, local = ctx.recipe, ctx.reporter, ctx.local
+    resolved = ctx.resolved_recipe()
+    tok.save_pretrained(tmp)
+    if (local / "generation_config.json").is_file() and not (tmp / "generation_config.json").is_file():
+        shutil.copy2(local / "generation_config.json", tmp / "generation_config.json")
+    (tmp / "quantkit-recipe.yaml").write_text(yaml.safe_dump(resolved, sort_keys=False))
+    reporter.stage(f"verify [{fmt}]")
+    with timed(timings, "verify"):
+        report = verify_checkpoint(tmp, plan, fmt, source=local)
+    for fix in report.fixes:
+        reporter.info(f"fixed: {fix}")
+    for w in report.warnings:
+        reporter.info(f"warning: {w}")
+    backend = ctx.backends[fmt]
+    manifest = write_manifest(tmp, {
+        "format": fmt, "backend": backend.name, "scheme": recipe.scheme,
+        "backend_config": native_config,
+        "source": {"model": recipe.model.source, "revision": recipe.model.revision, "local_path": str(local)},
+        "recipe": resolved,
+        "plan": {**plan.to_dict()["summary"], "families": plan.families, "model_type": plan.model_type,
+                 "architecture": plan.architecture,
+                 "kept": [{"module": d.module.name, "reason": d.reason, "source": d.source} for d in plan.kept],
+                 "rules": [r.to_dict() for r in plan.rules if r.source in ("cli", "recipe")]},
+        "calibration": calib.describe(),
+        "verification": report.to_dict(),
+        "run": {"timings_s": timings, "peak_rss_bytes": _peak_rss(), **_gpu_stats(),
+                "wall_s": round(time.perf_counter() - t_start, 3), "preflight": ctx.preflight, **(run_extra or {})},
+    })
+    return VariantResult(fmt, backend.name, ctx.outs[fmt], manifest, timings, _peak_rss(),
+                         report.fp4_modules, len(plan.kept), _dir_bytes(tmp), plan.source_bytes)

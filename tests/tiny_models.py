@@ -125,7 +125,7 @@ def tiny_config(kind: str) -> PreTrainedConfig:
     return builder()
 
 
-def tiny_model(kind: str, seed: int = 0, dtype: torch.dtype = torch.bfloat16) -> torch.nn.Module:
+def tiny_model(kind: str, seed: int = 0, dtype: torch.dtype = torch.bfloat16, **overrides) -> torch.nn.Module:
     """Build a random-init CausalLM of ``kind`` (deterministic for a given ``seed``).
 
     Uses ``AutoModelForCausalLM.from_config`` (e.g. Qwen3_5ForCausalLM, Gemma4ForCausalLM,
@@ -133,7 +133,10 @@ def tiny_model(kind: str, seed: int = 0, dtype: torch.dtype = torch.bfloat16) ->
     model. The model is returned in eval mode.
     """
     torch.manual_seed(seed)
-    model = AutoModelForCausalLM.from_config(tiny_config(kind), dtype=dtype)
+    config = tiny_config(kind)
+    for k, v in overrides.items():  # e.g. num_hidden_layers=8
+        setattr(config, k, v)
+    model = AutoModelForCausalLM.from_config(config, dtype=dtype)
     return model.eval()
 
 
@@ -171,13 +174,13 @@ def tiny_tokenizer() -> PreTrainedTokenizerFast:
 
 
 def save_tiny_checkpoint(kind: str, path: str | Path, seed: int = 0,
-                         dtype: torch.dtype = torch.bfloat16) -> Path:
+                         dtype: torch.dtype = torch.bfloat16, **overrides) -> Path:
     """Save a tiny random model of ``kind`` with ``save_pretrained`` (safetensors) plus the tiny
     tokenizer into ``path``; ``AutoTokenizer`` / ``AutoModelForCausalLM.from_pretrained(path)``
     then work offline. Returns ``path`` as a ``Path``."""
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
-    model = tiny_model(kind, seed=seed, dtype=dtype)
+    model = tiny_model(kind, seed=seed, dtype=dtype, **overrides)
     model.generation_config.pad_token_id = PAD
     model.save_pretrained(path, safe_serialization=True)
     tiny_tokenizer().save_pretrained(path)

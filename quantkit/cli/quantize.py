@@ -85,7 +85,16 @@ def register(app: typer.Typer) -> None:
                            show_default=False)] = None,
         algorithm: Annotated[Optional[str], typer.Option("--algorithm", help="calibration algorithm: minmax, mse, "
                              "gptq, awq (llmcompressor), awq_lite (modelopt, GPU)", show_default=False)] = None,
-        overwrite: Annotated[bool, typer.Option("--overwrite", help="replace an existing output directory")] = False,
+        mode: Annotated[str, typer.Option("--mode", help="auto: full if the model fits in memory, else layerwise; "
+                        "full: load the whole model; layerwise: one decoder layer in memory at a time "
+                        "(resumable)")] = "auto",
+        max_memory: Annotated[Optional[str], typer.Option("--max-memory", help="memory quantkit may use, e.g. "
+                              "20GiB (default: what is available now); the pre-flight picks or refuses a mode "
+                              "by it", show_default=False)] = None,
+        resume: Annotated[bool, typer.Option("--resume", help="continue an interrupted layerwise run from its last "
+                          "finished layer (same command, same --out)")] = False,
+        overwrite: Annotated[bool, typer.Option("--overwrite", help="replace an existing output directory (and "
+                             "discard an interrupted run's state)")] = False,
         strict: StrictOpt = False,
     ) -> None:
         """Quantize a model to NVFP4 from a recipe.
@@ -103,15 +112,19 @@ def register(app: typer.Typer) -> None:
           quantkit quantize ./my.yaml --format both
 
           quantkit quantize Qwen/Qwen3.6-27B --backend llmcompressor
+
+          quantkit quantize qwen3.5-122b-a10b --max-memory 100GiB --out out/q122b   (then --resume if killed)
         """
         from quantkit.quantize import QuantizeOptions, parse_format
         from quantkit.quantize import quantize as run
         from quantkit.recipe import resolve_recipe
+        from quantkit.stream.preflight import parse_size
 
         r = resolve_recipe(recipe)
         opts = QuantizeOptions(formats=parse_format(fmt) if fmt else None, backend=backend, exclude=exclude or [],
                                out=out, overwrite=overwrite, strict=strict, samples=samples, seq_len=seq_len,
-                               model=model, algorithm=algorithm)
+                               model=model, algorithm=algorithm, mode=mode, resume=resume,
+                               max_memory=parse_size(max_memory) if max_memory else None)
         with RichReporter() as rep:
             results = run(r, opts, rep)
         _summary(results)

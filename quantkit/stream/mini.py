@@ -1,0 +1,143 @@
+"""A one-layer model of the real class that stands in for decoder layer i.
+
+The config is the source's with `num_hidden_layers=1` and layer i's per-layer fields
+(`layer_types`, Nemotron-H's pattern, MoE `mlp_only_layers`). Its input embedding table *is* the
+calibration activations that reach layer i: token id k of the stand-in means "row k of the
+captured hidden states", so both backends calibrate through their own normal path (a model,
+input_ids, a forward loop or `oneshot`) and see exactly the inputs that layer i sees in the full
+model. Its vocabulary is the number of captured positions, so its lm_head is tiny."""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+from quantkit.errors import PlanError
+
+__all__ = ["layer_config", "build_stand_in", "capture_outputs", "stand_in_plan"]
+
+
+def layer_config(config: Any, i: int, vocab: int) -> Any:
+    cfg = copy.deepcopy(config)
+    name = getattr(cfg, "_name_or_path", "") or ""
+    if name.endswith("config.json"):  # llm-compressor copies *.py files from this path: it must be the dir
+        cfg._name_or_path = name[: -len("config.json")].rstrip("/") or "."
+    text = cfg.get_text_config() if hasattr(cfg, "get_text_config") else cfg
+    n = text.num_hidden_layers
+    text.num_hidden_layers = 1
+    if isinstance(getattr(text, "layer_types", None), (list, tuple)) and len(text.layer_types) == n:
+        text.layer_types = [text.layer_types[i]]
+    pattern = getattr(text, "hybrid_override_pattern", None)
+    if isinstance(pattern, str) and len(pattern) == n:
+        text.hybrid_override_pattern = pattern[i]
+    if isinstance(getattr(text, "mlp_only_layers", None), (list, tuple)):
+        text.mlp_only_layers = [0] if i in text.mlp_only_layers else []
+    if getattr(text, "decoder_sparse_step", 1) not in (None, 1):
+        raise PlanError(f"memory-bounded mode cannot rebuild layer {i}: decoder_sparse_step="
+                        f"{text.decoder_sparse_step} ties the layer type to its index",
+                        hint="use --mode full on a machine with enough memory")
+    for key in ("num_nextn_predict_layers", "mtp_num_hidden_layers", "num_mtp_layers"):
+        if getattr(text, key, None):
+            setattr(text, key, 0)
+    text.vocab_size = vocab
+    text.use_cache = False
+    cfg.use_cache = False
+    text.tie_word_embeddings = False
+    cfg.tie_word_embeddings = False
+    for key in ("pad_token_id", "bos_token_id", "eos_token_id"):
+        if isinstance(getattr(text, key, None), int) and getattr(text, key) >= vocab:
+            setattr(text, key, None)
+    return cfg
+
+
+def build_stand_in(config: Any, i: int, layer_tensors: dict, other_tensors: dict, hidden, device: str = "cpu"):
+    """The stand-in model for layer i: its weights from `layer_tensors` (already renamed to layer 0),
+    final norm from `other_tensors`, embedding rows = `hidden` (N, hidden_size)."""
+    import torch
+    from torch import nn
+    from transformers.initialization import no_init_weights
+
+    from quantkit.modules import model_class_for
+
+    cfg = layer_config(config, i, vocab=int(hidden.shape[0]))
+    with no_init_weights():
+        model = model_class_for(cfg)._from_config(cfg, dtype=torch.bfloat16)
+    emb = model.get_input_embeddings()  # keep its class: the backends name it in their metadata
+    emb.weight = nn.Parameter(hidden, requires_grad=False)
+    if isinstance(getattr(emb, "embed_scale", None), torch.Tensor):  # Gemma: hidden states are already scaled
+        emb.embed_scale.fill_(1.0)
+    sd = model.state_dict()
+    want = {k: v for k, v in sd.items() if k in layer_tensors}
+    missing = [k for k in sd if _is_layer_key(k) and k not in layer_tensors]
+    extra = [k for k in layer_tensors if k not in sd]
+    wrong = [k for k, v in want.items() if tuple(v.shape) != tuple(layer_tensors[k].shape)]
+    if missing or extra or wrong:
+        what = (f"missing {missing[:3]}" if missing else f"unexpected {extra[:3]}" if extra
+                else f"shape mismatch {wrong[:3]}")
+        raise PlanError(f"memory-bounded mode cannot rebuild layer {i} of {type(model).__name__}: {what}",
+                        hint="use --mode full on a machine with enough memory")
+    with torch.no_grad():
+        for k, t in layer_tensors.items():
+            _set(model, k, t.to(sd[k].dtype))
+        for k, t in other_tensors.items():
+            if k in sd and not _is_layer_key(k) and sd[k].shape == t.shape:
+                _set(model, k, t.to(sd[k].dtype))
+        head = model.get_output_embeddings()
+        if head is not None and head.weight.data_ptr() != emb.weight.data_ptr():
+            head.weight.data.zero_()
+    return model.to(device).eval()
+
+
+def _is_layer_key(k: str) -> bool:
+    return ".layers.0." in f".{k}"
+
+
+def _set(model, name: str, value) -> None:
+    mod_name, _, attr = name.rpartition(".")
+    mod = model.get_submodule(mod_name)
+    old = getattr(mod, attr)
+    if isinstance(old, __import__("torch").nn.Parameter):
+        setattr(mod, attr, __import__("torch").nn.Parameter(value, requires_grad=False))
+    else:
+        setattr(mod, attr, value)
+
+
+def capture_outputs(model, samples: list) -> list:
+    """Run the stand-in's decoder layer on each sample; return its output hidden states (1, L, H)."""
+    import torch
+
+    base = model.get_decoder() if hasattr(model, "get_decoder") else model.base_model
+    layer = base.layers[0]
+    got: list = []
+
+    def hook(_m, _inp, out):
+        got.append((out[0] if isinstance(out, (tuple, list)) else out).detach())
+
+    h = layer.register_forward_hook(hook)
+    try:
+        with torch.no_grad():
+            for ids in samples:
+                base(input_ids=ids.to(next(model.parameters()).device), use_cache=False)
+    finally:
+        h.remove()
+    return [g.to("cpu") for g in got]
+
+
+def stand_in_plan(full_plan: Any, model: Any, i: int, prefix: str) -> Any:
+    """The full plan's decisions for layer i, renamed to the stand-in's layer 0; everything
+    outside the layer stays BF16 (it is carried over from the source, not quantized here)."""
+    from quantkit.modules import index_modules
+    from quantkit.plan import Decision, Plan
+
+    by_name = {d.module.name: d for d in full_plan.decisions}
+    decisions = []
+    for m in index_modules(model):
+        full_name = m.name.replace(f"{prefix}.0.", f"{prefix}.{i}.", 1) if m.name.startswith(f"{prefix}.0.") else None
+        d = by_name.get(full_name) if full_name else None
+        if d is None:
+            decisions.append(Decision(m, "bf16", "outside the streamed layer", "structural"))
+        else:
+            decisions.append(Decision(m, d.precision, d.reason, d.source, None))
+    return Plan(model_source=full_plan.model_source, model_type=full_plan.model_type,
+                architecture=full_plan.architecture, families=full_plan.families, backend=full_plan.backend,
+                scheme=full_plan.scheme, decisions=decisions, total_params=0, source_bytes=0, rules=[])

@@ -1,0 +1,183 @@
+"""Memory-bounded quantization benchmark: a random-weight Llama-shaped model whose BF16 shards are
+larger than this machine's RAM, quantized by `quantkit quantize` (pre-flight picks layerwise),
+with peak RSS of the whole process tree over the BF16 size; optionally a killed-and-resumed run.
+
+  python scripts/bench_layerwise.py make /data/llama-14b            # ~28.5 GB of shards (50 layers)
+  python scripts/bench_layerwise.py run /data/llama-14b --out /data/q  # writes bench/layerwise.{md,json}
+
+Weights are random (seeded normal, std 0.02): the numbers are about memory and time, not
+quality. The tokenizer is SmolLM2's (embedded), so the vocabulary is 49,152."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+SHAPE = dict(hidden_size=5120, intermediate_size=13824, num_attention_heads=40, num_key_value_heads=8,
+             head_dim=128, vocab_size=49152, num_hidden_layers=50, max_position_embeddings=4096,
+             rms_norm_eps=1e-5, tie_word_embeddings=False)
+
+
+def make(dest: Path, layers: int) -> None:
+    import torch
+    from safetensors.torch import save_file
+    from transformers import AutoTokenizer, LlamaConfig
+
+    from quantkit.embedded import materialize
+
+    dest.mkdir(parents=True, exist_ok=True)
+    shape = {**SHAPE, "num_hidden_layers": layers}
+    tok_src = materialize("smollm2-135m")
+    tok = AutoTokenizer.from_pretrained(str(tok_src))
+    cfg = LlamaConfig(**shape, bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
+                      pad_token_id=tok.pad_token_id, dtype="bfloat16")
+    cfg.architectures = ["LlamaForCausalLM"]
+    cfg.save_pretrained(dest)
+    tok.save_pretrained(dest)
+    h, f, kv = shape["hidden_size"], shape["intermediate_size"], shape["num_key_value_heads"] * shape["head_dim"]
+    g = torch.Generator().manual_seed(0)
+    total = layers + 1
+    weight_map, size = {}, 0
+
+    def rnd(*s):
+        return (torch.randn(*s, generator=g, dtype=torch.float32) * 0.02).to(torch.bfloat16)
+
+    for i in range(total):
+        name = f"model-{i + 1:05d}-of-{total:05d}.safetensors"
+        if i < layers:
+            p = f"model.layers.{i}."
+            t = {p + "self_attn.q_proj.weight": rnd(h, h), p + "self_attn.k_proj.weight": rnd(kv, h),
+                 p + "self_attn.v_proj.weight": rnd(kv, h), p + "self_attn.o_proj.weight": rnd(h, h),
+                 p + "mlp.gate_proj.weight": rnd(f, h), p + "mlp.up_proj.weight": rnd(f, h),
+                 p + "mlp.down_proj.weight": rnd(h, f),
+                 p + "input_layernorm.weight": torch.ones(h, dtype=torch.bfloat16),
+                 p + "post_attention_layernorm.weight": torch.ones(h, dtype=torch.bfloat16)}
+        else:
+            v = shape["vocab_size"]
+            t = {"model.embed_tokens.weight": rnd(v, h), "lm_head.weight": rnd(v, h),
+                 "model.norm.weight": torch.ones(h, dtype=torch.bfloat16)}
+        save_file(t, str(dest / name), metadata={"format": "pt"})
+        for k, x in t.items():
+            weight_map[k] = name
+            size += x.numel() * x.element_size()
+        del t
+        print(f"\rwrote {i + 1}/{total} shards ({size / 1e9:.1f} GB)", end="", flush=True)
+    (dest / "model.safetensors.index.json").write_text(json.dumps({"metadata": {"total_size": size},
+                                                                   "weight_map": weight_map}, indent=1))
+    print()
+
+
+class TreeRSS:
+    """Peak summed RSS of a process and its children, sampled every 0.2 s."""
+
+    def __init__(self, pid: int):
+        import psutil
+
+        self.proc = psutil.Process(pid)
+        self.peak = 0
+        self._stop = threading.Event()
+        self._t = threading.Thread(target=self._run, daemon=True)
+        self._t.start()
+
+    def _run(self):
+        import psutil
+
+        while not self._stop.is_set():
+            try:
+                procs = [self.proc] + self.proc.children(recursive=True)
+                self.peak = max(self.peak, sum(p.memory_info().rss for p in procs))
+            except psutil.Error:
+                pass
+            time.sleep(0.2)
+
+    def stop(self) -> int:
+        self._stop.set()
+        self._t.join()
+        return self.peak
+
+
+def quantize(src: Path, out: Path, extra: list[str], kill_after_layers: int | None = None) -> dict:
+    cmd = [sys.executable, "-m", "quantkit", "quantize", str(src), "--format", "modelopt", "--out", str(out),
+           "--samples", "4", "--seq-len", "64", *extra]
+    t0 = time.perf_counter()
+    p = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                         start_new_session=True)
+    rss = TreeRSS(p.pid)
+    state = out.parent / f".{out.name}.layerwise" / "state.json"
+    killed = False
+    if kill_after_layers is not None:
+        while p.poll() is None:
+            try:
+                if json.loads(state.read_text())["layers_done"] >= kill_after_layers:
+                    os.killpg(p.pid, 9)
+                    killed = True
+                    break
+            except (OSError, ValueError, KeyError):
+                pass
+            time.sleep(0.5)
+    log, _ = p.communicate()
+    wall = time.perf_counter() - t0
+    res = {"cmd": " ".join(cmd[1:]), "rc": p.returncode, "wall_s": round(wall, 1), "peak_tree_rss": rss.stop(),
+           "killed": killed, "log_tail": log.splitlines()[-12:]}
+    manifest = out / "quantkit.json"
+    if manifest.is_file() and not killed:
+        res["manifest_run"] = json.loads(manifest.read_text())["run"]
+    return res
+
+
+def machine() -> str:
+    import psutil
+
+    cpu = next((ln.split(":", 1)[1].strip() for ln in open("/proc/cpuinfo") if ln.startswith("model name")), "?")
+    return (f"{platform.machine()}, {os.cpu_count()} cores ({cpu}), {psutil.virtual_memory().total / 2**30:.1f} GiB RAM, "
+            f"no swap, Python {platform.python_version()}")
+
+
+def run(src: Path, out: Path, resume_test: bool) -> None:
+    idx = json.loads((src / "model.safetensors.index.json").read_text())
+    bf16 = idx["metadata"]["total_size"]
+    results = {"machine": machine(), "model": str(src), "bf16_bytes": bf16,
+               "layers": json.loads((src / "config.json").read_text())["num_hidden_layers"]}
+    print(f"model: {bf16 / 2**30:.1f} GiB BF16; machine: {results['machine']}")
+    results["full_run"] = quantize(src, out, ["--overwrite"])
+    print(json.dumps({k: v for k, v in results["full_run"].items() if k != "log_tail"}, indent=1))
+    if resume_test:
+        import shutil
+
+        shutil.rmtree(out, ignore_errors=True)  # disk: the source and one output at a time
+        r2 = out.with_name(out.name + "-resumed")
+        killed = quantize(src, r2, ["--overwrite"], kill_after_layers=results["layers"] // 2)
+        resumed = quantize(src, r2, ["--resume"])
+        results["killed_run"], results["resumed_run"] = killed, resumed
+    (ROOT / "bench").mkdir(exist_ok=True)
+    (ROOT / "bench" / "layerwise.json").write_text(json.dumps(results, indent=1))
+    print(json.dumps(results, indent=1)[:3000])
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    m = sub.add_parser("make")
+    m.add_argument("dest", type=Path)
+    m.add_argument("--layers", type=int, default=SHAPE["num_hidden_layers"])
+    r = sub.add_parser("run")
+    r.add_argument("src", type=Path)
+    r.add_argument("--out", type=Path, required=True)
+    r.add_argument("--resume-test", action="store_true")
+    a = ap.parse_args()
+    if a.cmd == "make":
+        make(a.dest, a.layers)
+    else:
+        run(a.src, a.out, a.resume_test)
+
+
+if __name__ == "__main__":
+    main()
