@@ -30,14 +30,15 @@ BACKEND_CAPS: dict[str, dict[str, bool]] = {
     "llmcompressor": {"linear": True, "experts": True},
 }
 _FP4_BITS = 4 + 8 / GROUP_SIZE  # E2M1 values + one FP8 E4M3 scale per 16 elements
+_FP8_BITS = 8  # E4M3 values; per-tensor weight and input scales are counted per module
 
 
 @dataclass(frozen=True)
 class Decision:
     module: ModuleInfo
-    precision: str  # fp4 | bf16
+    precision: str  # fp4 | fp8 | bf16 (fp8 only from sensitivity-guided mixed precision)
     reason: str
-    source: str  # cli | recipe | family:<name> | structural | backend
+    source: str  # cli | recipe | family:<name> | structural | backend | sensitivity
     rule: str | None = None  # the pattern that matched, if any
 
     def to_dict(self) -> dict:
@@ -59,6 +60,7 @@ class Plan:
     rules: list[Rule]
     unmatched: list[Rule] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
+    mixed_precision: dict | None = None  # sensitivity-guided mixed precision summary (quantkit.sensitivity)
 
     # ----------------------------------------------------------------- views
     @property
@@ -69,17 +71,26 @@ class Plan:
     def kept(self) -> list[Decision]:
         return [d for d in self.decisions if d.precision != "fp4"]
 
+    @property
+    def fp8(self) -> list[Decision]:
+        return [d for d in self.decisions if d.precision == "fp8"]
+
     def kept_names(self) -> list[str]:
-        return [d.module.name for d in self.kept if d.module.kind in ("linear", "experts")]
+        """Modules left unquantized (BF16): FP8 ones are kept out of FP4 but still quantized."""
+        return [d.module.name for d in self.kept if d.precision != "fp8" and d.module.kind in ("linear", "experts")]
+
+    def fp8_names(self) -> list[str]:
+        return [d.module.name for d in self.fp8]
 
     def fp4_names(self) -> list[str]:
         return [d.module.name for d in self.fp4]
 
     def estimated_bytes(self) -> int:
         fp4_params = sum(d.module.params for d in self.fp4)
-        per_tensor = 3 * 4 * len(self.fp4)  # weight_scale_2 / global scales, input scale (fp32)
-        other = self.total_params - fp4_params
-        return int(fp4_params * _FP4_BITS / 8 + other * 2 + per_tensor)
+        fp8_params = sum(d.module.params for d in self.fp8)
+        per_tensor = 3 * 4 * len(self.fp4) + 2 * 4 * len(self.fp8)  # global / per-tensor scales (fp32)
+        other = self.total_params - fp4_params - fp8_params
+        return int(fp4_params * _FP4_BITS / 8 + fp8_params * _FP8_BITS / 8 + other * 2 + per_tensor)
 
     def bits_per_param(self) -> float:
         return 8 * self.estimated_bytes() / max(self.total_params, 1)
@@ -102,12 +113,14 @@ class Plan:
             "architecture": self.architecture, "families": self.families, "backend": self.backend,
             "scheme": self.scheme,
             "summary": {"modules": len(self.decisions), "fp4": len(self.fp4), "kept": len(self.kept),
+                        **({"fp8": len(self.fp8)} if self.fp8 else {}),
                         "total_params": self.total_params, "fp4_params": sum(d.module.params for d in self.fp4),
                         "source_bytes": self.source_bytes, "estimated_bytes": self.estimated_bytes(),
                         "bits_per_param": round(self.bits_per_param(), 3)},
             "rules": [r.to_dict() for r in self.rules],
             "unmatched_rules": [r.to_dict() for r in self.unmatched],
             "warnings": self.warnings,
+            **({"mixed_precision": self.mixed_precision} if self.mixed_precision else {}),
             "groups": self.groups(),
             "modules": [d.to_dict() for d in self.decisions],
         }

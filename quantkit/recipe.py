@@ -23,6 +23,7 @@ __all__ = [
     "ModelSource",
     "ExcludeRule",
     "Calibration",
+    "MixedPrecision",
     "FORMAT_BACKEND",
     "FORMATS",
     "load_recipe",
@@ -73,7 +74,33 @@ class Calibration(_Strict):
     samples: int = Field(64, ge=1, le=100_000)
     seq_len: int = Field(512, ge=16, le=131_072)
     seed: int = 0
-    batch_size: int = Field(1, ge=1)
+    # samples per calibration forward (ModelOpt; equal-length samples are batched, never padded).
+    # auto: 1 on CPU; on a GPU up to 16k tokens per forward (the compute-floor goal of issue 6).
+    batch_size: int | Literal["auto"] = "auto"
+
+    @field_validator("batch_size")
+    @classmethod
+    def _positive(cls, v):
+        if v != "auto" and v < 1:
+            raise ValueError("batch_size must be >= 1 or auto")
+        return v
+
+    def resolved_batch_size(self, cuda: bool) -> int:
+        if self.batch_size != "auto":
+            return int(self.batch_size)
+        return max(1, min(64, 16384 // self.seq_len)) if cuda else 1
+
+
+class MixedPrecision(_Strict):
+    """Sensitivity-guided mixed precision (quantkit.sensitivity): measure how much each FP4 linear
+    hurts the model on a few calibration samples, then keep the most sensitive ones in `keep_as`
+    while the whole model stays within `budget_bits` per parameter."""
+
+    budget_bits: float = Field(gt=0, le=16, description="bits per parameter of the whole model (FP4 = 4.5, BF16 = 16)")
+    keep_as: Literal["bf16", "fp8"] = "bf16"
+    samples: int = Field(4, ge=1, le=1024)
+    seq_len: int = Field(128, ge=16, le=8192)
+    dataset: str | None = Field(None, description="calibration spec for the measurement; default: calibration.dataset")
 
 
 class ValidateSection(_Strict):
@@ -100,6 +127,7 @@ class Recipe(_Strict):
     kv_cache: Literal["none", "fp8"] = "none"
     exclude: list[ExcludeRule] = []
     calibration: Calibration = Calibration()
+    mixed_precision: MixedPrecision | None = None
     validate_: ValidateSection = Field(ValidateSection(), alias="validate")
     publish: PublishSection = PublishSection()
     notes: str = ""
@@ -118,6 +146,8 @@ class Recipe(_Strict):
                     f"backend {self.backend!r} cannot write format {self.formats[0]!r} "
                     f"(it is written by {FORMAT_BACKEND[self.formats[0]]!r})"
                 )
+        if self.mixed_precision and self.mixed_precision.keep_as == "fp8" and self.scheme != "nvfp4":
+            raise ValueError("mixed_precision.keep_as: fp8 needs scheme nvfp4 (FP8 layers quantize their inputs too)")
         return self
 
     def resolved_formats(self) -> list[str]:

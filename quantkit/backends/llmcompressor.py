@@ -4,7 +4,11 @@
 The ignore list is the plan's rules as `re:` regexes (llm-compressor expands them to exact
 names in config.json). After saving, the same regexes are appended to the written `ignore`
 list: serving engines that build fused modules (vLLM's `in_proj_qkvz`, `qkv_proj`) then match
-the fused name too, instead of only the split names found in memory (vLLM issue 40252)."""
+the fused name too, instead of only the split names found in memory (vLLM issue 40252).
+
+Modules the plan keeps in FP8 (sensitivity-guided mixed precision) get a second config group
+(FP8 per-tensor weights and inputs) targeting their exact names, which win over the NVFP4 group's
+`Linear` target; the checkpoint then has two config_groups (format `mixed-precision`)."""
 
 from __future__ import annotations
 
@@ -27,8 +31,18 @@ def ignore_list(plan: Any) -> list[str]:
     used = {d.rule for d in plan.kept if d.rule}
     patterns = [r.pattern for r in plan.rules if r.pattern.raw in used]
     out = to_llmcompressor_ignore(patterns)
-    out += [d.module.name for d in plan.kept if not d.rule and d.module.kind == "linear"]
+    out += [d.module.name for d in plan.kept if not d.rule and d.module.kind == "linear" and d.precision != "fp8"]
     return out
+
+
+def _config_groups(plan: Any, scheme: str) -> dict | None:
+    """NVFP4 for every Linear, FP8 (per-tensor, static) for the plan's FP8 modules by exact name."""
+    fp8 = plan.fp8_names() if hasattr(plan, "fp8_names") else []
+    if not fp8:
+        return None
+    from compressed_tensors.quantization import preset_name_to_scheme
+
+    return {"group_0": preset_name_to_scheme(scheme, ["Linear"]), "group_1": preset_name_to_scheme("FP8", fp8)}
 
 
 class LLMCompressorBackend:
@@ -58,7 +72,7 @@ class LLMCompressorBackend:
         if kv_cache == "fp8":
             kwargs["kv_cache_scheme"] = {"num_bits": 8, "type": "float", "strategy": "tensor", "dynamic": False,
                                          "symmetric": True}
-        recipe = _recipe(algorithm, _SCHEMES[scheme], ignore, kwargs)
+        recipe = _recipe(algorithm, _SCHEMES[scheme], ignore, kwargs, _config_groups(plan, _SCHEMES[scheme]))
         ds = Dataset.from_dict({"input_ids": calib.input_ids,
                                 "attention_mask": [[1] * len(x) for x in calib.input_ids]})
         timings: dict[str, float] = {}
@@ -69,14 +83,19 @@ class LLMCompressorBackend:
             model.save_pretrained(out_dir, save_compressed=True)
             _append_regex_ignores(out_dir / "config.json", [e for e in ignore if e.startswith("re:")])
         return BackendResult(self.format, timings,
-                             native_config={"ignore": ignore, "scheme": _SCHEMES[scheme], "algorithm": algorithm})
+                             native_config={"ignore": ignore, "scheme": _SCHEMES[scheme], "algorithm": algorithm,
+                                            **({"fp8_modules": plan.fp8_names()} if getattr(plan, "fp8", None) else {})})
 
 
-def _recipe(algorithm: str, scheme: str, ignore: list[str], kwargs: dict) -> list:
-    """llm-compressor modifiers for a calibration algorithm (all with the NVFP4 scheme)."""
+def _recipe(algorithm: str, scheme: str, ignore: list[str], kwargs: dict, config_groups: dict | None = None) -> list:
+    """llm-compressor modifiers for a calibration algorithm (all with the NVFP4 scheme, or with
+    `config_groups` when the plan mixes NVFP4 and FP8)."""
     from llmcompressor.modifiers.quantization import GPTQModifier, QuantizationModifier
 
-    common = dict(targets="Linear", scheme=scheme, ignore=ignore, **kwargs)
+    if config_groups:
+        common = dict(config_groups=config_groups, ignore=ignore, **kwargs)
+    else:
+        common = dict(targets="Linear", scheme=scheme, ignore=ignore, **kwargs)
     if algorithm == "minmax":
         return [QuantizationModifier(**common)]
     if algorithm == "mse":  # MSE search over weight scales instead of min-max

@@ -2,6 +2,9 @@
 
 The plan's kept modules are disabled by exact name (`<module>.*` entries appended to
 `quant_cfg`, where later entries win), so ModelOpt quantizes exactly what the plan shows.
+Modules the plan keeps in FP8 (sensitivity-guided mixed precision) get FP8 per-tensor weight and
+input quantizers by exact name; the export then writes `quant_algo: MIXED_PRECISION` with a
+`quantized_layers` entry per layer.
 Calibration runs on CPU or GPU; a forward pass through ModelOpt's NVFP4 fake-quant model
 asserts CUDA, so quality is judged through the exported checkpoint, never in-process."""
 
@@ -41,6 +44,10 @@ class ModelOptBackend:
         entries = cfg["quant_cfg"]
         for pattern, body in to_modelopt_disabled(plan.kept_names()).items():
             entries.append({"quantizer_name": pattern, **body})
+        for name in plan.fp8_names():
+            for q in ("weight_quantizer", "input_quantizer"):
+                entries.append({"quantizer_name": f"{name}.{q}", "cfg": {"num_bits": (4, 3), "axis": None},
+                                "enable": True})
         if kv_cache == "fp8":
             entries.append({"quantizer_name": "*[kv]_bmm_quantizer", "num_bits": (4, 3), "axis": None, "enable": True})
         return cfg
@@ -54,15 +61,15 @@ class ModelOptBackend:
 
         cfg = self.quant_config(plan, scheme, kv_cache, algorithm)
         device = next(model.parameters()).device
-        samples = calib.tensors()
+        batches = calib.batches(getattr(calib, "batch_size", 1))
         timings: dict[str, float] = {}
 
         def forward_loop(m):
             with torch.no_grad():
-                for i, ids in enumerate(samples):
-                    m(ids.to(device))
+                for i, ids in enumerate(batches):
+                    m(ids.to(device), use_cache=False)
                     if progress:
-                        progress("calibrate", i + 1, len(samples))
+                        progress("calibrate", i + 1, len(batches))
 
         with timed(timings, "calibrate"):
             mtq.quantize(model, cfg, forward_loop)
@@ -70,4 +77,5 @@ class ModelOptBackend:
             export_hf_checkpoint(model, export_dir=str(out_dir))
         return BackendResult(self.format, timings,
                              native_config={"base": _CONFIGS[scheme], "algorithm": cfg["algorithm"],
-                                            "disabled_modules": len(plan.kept_names())})
+                                            "disabled_modules": len(plan.kept_names()),
+                                            **({"fp8_modules": len(plan.fp8)} if plan.fp8 else {})})

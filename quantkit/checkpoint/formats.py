@@ -14,7 +14,7 @@ from typing import Callable
 from quantkit.checkpoint.headers import TensorInfo
 
 __all__ = ["StoredModule", "FormatInfo", "stored_modules", "detect_format", "declared_unquantized",
-           "unquantized_matcher", "is_embedding"]
+           "declared_precision", "unquantized_matcher", "is_embedding"]
 
 _SUFFIXES = frozenset(("weight_packed", "weight_scale_2", "weight_global_scale", "weight_scale",
                        "input_global_scale", "input_scale", "weight_zero_point", "k_scale", "v_scale", "weight",
@@ -85,9 +85,11 @@ class FormatInfo:
     unquantized_entries: list[str] = field(default_factory=list)  # exclude_modules / ignore as written
     config_quant: dict = field(default_factory=dict)
     hf_quant_config: dict | None = None
+    # ModelOpt MIXED_PRECISION: module -> {"quant_algo": ...}; modules absent from it are unquantized
+    quantized_layers: dict | None = None
 
     def to_dict(self) -> dict:
-        return {k: v for k, v in self.__dict__.items() if k not in ("config_quant", "hf_quant_config")}
+        return {k: v for k, v in self.__dict__.items() if k not in ("config_quant", "hf_quant_config", "quantized_layers")}
 
 
 def _read_json(p: Path) -> dict | None:
@@ -106,8 +108,9 @@ def detect_format(ckpt: str | Path) -> FormatInfo:
         prod = (hfq or qc).get("producer", {}) or {}
         kind = _MODELOPT_KIND.get(algo, "unknown")
         entries = list(q.get("exclude_modules") or qc.get("ignore") or [])
+        layers = q.get("quantized_layers") or qc.get("quantized_layers") if algo == "MIXED_PRECISION" else None
         return FormatInfo(kind, method, prod.get("name"), prod.get("version"), algo, None, q.get("group_size"),
-                          q.get("kv_cache_quant_algo"), entries, qc, hfq)
+                          q.get("kv_cache_quant_algo"), entries, qc, hfq, dict(layers or {}) if algo == "MIXED_PRECISION" else None)
     if method == "compressed-tensors":
         fmt = qc.get("format")
         groups = qc.get("config_groups") or {}
@@ -144,12 +147,60 @@ def _entry_matches(entry: str, module: str, style: str) -> bool:
     return module == entry
 
 
+_NOT_LISTED = "(not in quantized_layers)"
+_ALGO_PRECISION = {"NVFP4": "fp4", "NVFP4_AWQ": "fp4", "W4A16_NVFP4": "fp4", "FP8": "fp8"}
+
+
+def _listed(layers: dict, module: str) -> dict | None:
+    """The quantized_layers entry of `module` or of its nearest listed ancestor (fused experts)."""
+    parts = module.split(".")
+    for i in range(len(parts), 0, -1):
+        hit = layers.get(".".join(parts[:i]))
+        if hit is not None:
+            return hit
+    return None
+
+
 def declared_unquantized(info: FormatInfo, module: str) -> str | None:
-    """The metadata entry that declares `module` unquantized, or None."""
+    """The metadata entry that declares `module` unquantized, or None. In a ModelOpt
+    MIXED_PRECISION checkpoint every module absent from `quantized_layers` is unquantized."""
     style = _style(info)
     for e in info.unquantized_entries:
         if _entry_matches(e, module, style):
             return e
+    if info.quantized_layers is not None and style == "modelopt" and _listed(info.quantized_layers, module) is None:
+        return _NOT_LISTED
+    return None
+
+
+def _ct_group_precision(group: dict) -> str | None:
+    w = group.get("weights") or {}
+    if group.get("format") == "nvfp4-pack-quantized" or (w.get("num_bits") == 4 and w.get("type") == "float"):
+        return "fp4"
+    if group.get("format") == "float-quantized" or (w.get("num_bits") == 8 and w.get("type") == "float"):
+        return "fp8"
+    return None
+
+
+def declared_precision(info: FormatInfo, module: str) -> str | None:
+    """What the metadata declares a (linear) module to be: 'fp4', 'fp8', or None (unquantized
+    or unknown). ModelOpt: its quantized_layers entry or the global quant_algo; compressed-tensors:
+    the config group whose target matches it (exact name, then `re:`, then a class name such as
+    `Linear`, as compressed-tensors resolves them)."""
+    if declared_unquantized(info, module):
+        return None
+    if _style(info) == "modelopt":
+        if info.quantized_layers is not None:
+            return _ALGO_PRECISION.get((_listed(info.quantized_layers, module) or {}).get("quant_algo"))
+        return _ALGO_PRECISION.get(info.quant_algo)
+    groups = list((info.config_quant.get("config_groups") or {}).values())
+    tests = (lambda t: t == module,  # exact name
+             lambda t: t.startswith("re:") and re.match(t[3:], module) is not None,
+             lambda t: not t.startswith("re:") and "." not in t and t[:1].isupper())  # a class name (Linear)
+    for test in tests:
+        for g in groups:
+            if any(test(t) for t in g.get("targets") or []):
+                return _ct_group_precision(g)
     return None
 
 
@@ -169,6 +220,8 @@ def unquantized_matcher(info: FormatInfo) -> Callable[[str], str | None]:
         else:
             literal.setdefault(e, i)
 
+    listed = info.quantized_layers if style == "modelopt" else None
+
     def match(module: str) -> str | None:
         hit = literal.get(module)
         for i, rx in patterns:
@@ -176,6 +229,8 @@ def unquantized_matcher(info: FormatInfo) -> Callable[[str], str | None]:
                 break
             if rx.match(module):
                 return entries[i]
+        if hit is None and listed is not None and _listed(listed, module) is None:
+            return _NOT_LISTED
         return entries[hit] if hit is not None else None
 
     return match

@@ -1,8 +1,8 @@
 """quantkit checks its own outputs before they reach --out: the format metadata is right,
 every metadata name resolves to real tensors, the stored precision of every module matches the
-plan (FP4 count > 0; kept layers really BF16), the metadata declares every BF16 linear
-unquantized (else an engine would load it as FP4), and MTP tensors of the source are carried
-over in BF16. Fixable defects are fixed (and reported); the rest raise VerificationError."""
+plan (FP4 count > 0; kept layers really BF16; FP8 exactly where the plan says fp8, declared FP8
+in mixed-precision metadata), the metadata declares every BF16 linear unquantized (else an
+engine would load it as FP4), and MTP tensors of the source are carried over in BF16. Fixable defects are fixed (and reported); the rest raise VerificationError."""
 
 from __future__ import annotations
 
@@ -12,7 +12,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from quantkit.checkpoint.formats import NVFP4_KIND, FormatInfo, declared_unquantized, detect_format, is_embedding, stored_modules
+from quantkit.checkpoint.formats import (NVFP4_KIND, FormatInfo, declared_precision, declared_unquantized, detect_format,
+                                         is_embedding, stored_modules)
 from quantkit.checkpoint.headers import checkpoint_tensors, read_header, weight_files
 from quantkit.errors import VerificationError
 
@@ -27,6 +28,7 @@ class VerifyReport:
     format_kind: str
     fp4_modules: int = 0
     kept_modules: int = 0
+    fp8_modules: int = 0
     fixes: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
     mtp_tensors_carried: int = 0
@@ -141,8 +143,10 @@ def verify_checkpoint(ckpt: Path, plan: Any, fmt: str, source: Path | None = Non
     info = detect_format(ckpt)
     report = VerifyReport(info.kind)
     problems: list[str] = []
-    if info.kind != NVFP4_KIND[fmt]:
-        problems.append(f"metadata says {info.kind!r} (quant_method {info.quant_method!r}), expected {NVFP4_KIND[fmt]!r}")
+    plans_fp8 = any(d.precision == "fp8" for d in plan.decisions)
+    want_kind = "mixed" if plans_fp8 else NVFP4_KIND[fmt]  # NVFP4 + FP8 layers: mixed-precision metadata
+    if info.kind != want_kind:
+        problems.append(f"metadata says {info.kind!r} (quant_method {info.quant_method!r}), expected {want_kind!r}")
     if info.group_size not in (None, 16):
         problems.append(f"group_size is {info.group_size}, NVFP4 needs 16")
     if fmt == "modelopt" and not (ckpt / "hf_quant_config.json").is_file():
@@ -165,10 +169,23 @@ def verify_checkpoint(ckpt: Path, plan: Any, fmt: str, source: Path | None = Non
             problems.append(f"{m.name} is FP4 but the plan keeps it BF16 ({d.reason})")
         if d is not None and d.precision == "fp4" and m.precision != "fp4":
             problems.append(f"{m.name} is {m.precision.upper()} but the plan quantizes it: {plan.backend} silently skipped it")
+        if d is not None and d.precision == "fp8" and m.precision != "fp8":
+            problems.append(f"{m.name} is {m.precision.upper()} but the plan keeps it FP8 ({d.reason})")
+        if m.precision == "fp8" and (d is None or d.precision != "fp8"):
+            why = f"the plan says {d.precision.upper()}" if d is not None else "the plan does not know it"
+            problems.append(f"{m.name} is FP8 but {why}")
         entry = declared_unquantized(info, m.name)
         if m.precision == "fp4" and entry:
             problems.append(f"{m.name} is FP4 but the metadata declares it unquantized ({entry!r})")
-        if m.precision != "fp4" and m.ndim == 2 and not is_embedding(m.name) and not entry:
+        if info.kind == "mixed" and m.precision in ("fp4", "fp8") and not entry:
+            said = declared_precision(info, m.name)
+            if said != m.precision:
+                problems.append(f"{m.name} is {m.precision.upper()} but the metadata declares it {str(said).upper()}")
+        if m.precision == "fp8":
+            report.fp8_modules += 1
+            if entry:
+                problems.append(f"{m.name} is FP8 but the metadata declares it unquantized ({entry!r})")
+        elif m.precision != "fp4" and m.ndim == 2 and not is_embedding(m.name) and not entry:
             problems.append(f"{m.name} is {m.precision.upper()} but the metadata does not declare it unquantized: "
                             "an engine would load it as FP4")
         if m.precision != "fp4" and not is_embedding(m.name):
