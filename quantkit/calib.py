@@ -29,7 +29,7 @@ class CalibSpec(BaseModel):
     model_config = ConfigDict(extra="forbid")
     name: str
     description: str = ""
-    kind: Literal["bundled", "hf"]
+    kind: Literal["bundled", "hf", "random"]
     sources: list[_Source] = []
     dataset: str | None = None
     subset: str | None = None
@@ -63,6 +63,7 @@ class CalibSet:
     seq_len: int
     seed: int
     requested: int
+    batch_size: int = 1  # samples per calibration forward (equal-length samples only)
 
     @property
     def fingerprint(self) -> str:
@@ -77,7 +78,22 @@ class CalibSet:
 
     def describe(self) -> dict:
         return {"dataset": self.spec, "samples": len(self.input_ids), "requested": self.requested,
-                "seq_len": self.seq_len, "seed": self.seed, "tokens": self.tokens, "fingerprint": self.fingerprint}
+                "seq_len": self.seq_len, "seed": self.seed, "tokens": self.tokens, "fingerprint": self.fingerprint,
+                "batch_size": self.batch_size}
+
+    def batches(self, size: int):
+        """(B, L) input_ids tensors of up to `size` samples of equal length (no padding, so pad
+        tokens never reach the activation statistics), in order of first appearance."""
+        import torch
+
+        by_len: dict[int, list[list[int]]] = {}
+        for ids in self.input_ids:
+            by_len.setdefault(len(ids), []).append(ids)
+        out = []
+        for group in by_len.values():
+            for k in range(0, len(group), max(1, size)):
+                out.append(torch.tensor(group[k:k + max(1, size)], dtype=torch.long))
+        return out
 
     def tensors(self):
         """One (1, L) input_ids tensor per sample (no padding, so no mask games in backends)."""
@@ -123,6 +139,11 @@ def build_calibration(tokenizer: Any, dataset: str, samples: int, seq_len: int, 
     """Deterministic calibration samples: the same (dataset, samples, seq_len, seed, tokenizer)
     always gives the same tokens."""
     spec = load_spec(dataset)
+    if spec.kind == "random":  # benchmarks only: uniform token ids, every sample exactly seq_len long
+        rng = random.Random(seed)
+        vocab = len(tokenizer)
+        ids = [[rng.randrange(vocab) for _ in range(seq_len)] for _ in range(samples)]
+        return CalibSet(spec=dataset, input_ids=ids, seq_len=seq_len, seed=seed, requested=samples)
     texts = _bundled_texts(spec, tokenizer) if spec.kind == "bundled" else _hf_texts(spec, tokenizer, samples, seed)
     if not texts:
         raise CalibrationError(f"calibration dataset {dataset} yielded no text")

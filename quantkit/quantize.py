@@ -50,6 +50,7 @@ class QuantizeOptions:
     mode: str = "auto"  # auto | full | layerwise
     max_memory: int | None = None  # bytes; default: the memory available now
     resume: bool = False
+    nproc: int = 1  # GPUs the model is placed across (accelerate device_map, ModelOpt backend)
 
 
 @dataclass
@@ -142,7 +143,7 @@ def apply_options(recipe: Recipe, opts: QuantizeOptions) -> Recipe:
     return r
 
 
-def _load(local: Path, recipe: Recipe, reporter: Reporter):
+def _load(local: Path, recipe: Recipe, reporter: Reporter, nproc: int = 1):
     import torch
     from transformers import AutoTokenizer
 
@@ -150,10 +151,15 @@ def _load(local: Path, recipe: Recipe, reporter: Reporter):
     from quantkit.source import load_config
 
     config = load_config(str(local), trust_remote_code=recipe.model.trust_remote_code)
-    reporter.stage("load", f"{local}")
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    model = model_class_for(config).from_pretrained(
-        str(local), dtype=torch.bfloat16, trust_remote_code=recipe.model.trust_remote_code).to(device).eval()
+    reporter.stage("load", f"{local}" + (f" across {nproc} GPUs (accelerate device_map)" if nproc > 1 else ""))
+    cls, trc = model_class_for(config), recipe.model.trust_remote_code
+    if nproc > 1:  # accelerate's big-model placement: consecutive layers on consecutive GPUs
+        budget = {i: int(torch.cuda.mem_get_info(i)[0] * 0.85) for i in range(nproc)}
+        model = cls.from_pretrained(str(local), dtype=torch.bfloat16, trust_remote_code=trc, device_map="balanced",
+                                    max_memory=budget).eval()
+    else:
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+        model = cls.from_pretrained(str(local), dtype=torch.bfloat16, trust_remote_code=trc).to(device).eval()
     tok = AutoTokenizer.from_pretrained(str(local), trust_remote_code=recipe.model.trust_remote_code)
     return config, model, tok
 
@@ -176,6 +182,24 @@ def _dir_bytes(p: Path) -> int:
     return sum(f.stat().st_size for f in p.rglob("*.safetensors"))
 
 
+def _check_nproc(opts: QuantizeOptions, formats: list[str]) -> None:
+    if opts.nproc <= 1:
+        return
+    import torch
+
+    have = torch.cuda.device_count()
+    if have < opts.nproc:
+        raise RecipeError(f"--nproc {opts.nproc} needs {opts.nproc} CUDA GPUs; this machine has {have}",
+                          hint="drop --nproc (one GPU or CPU), or --mode layerwise: one layer at a time fits any model")
+    if any(FORMAT_BACKEND[f] != "modelopt" for f in formats):
+        raise RecipeError("--nproc places the model across GPUs for the ModelOpt backend; llm-compressor's "
+                          "sequential pipeline moves one layer at a time to the GPU itself",
+                          hint="use --format modelopt with --nproc, or drop --nproc for compressed-tensors")
+    if opts.mode == "layerwise" or opts.resume:
+        raise RecipeError("--nproc and --mode layerwise are alternatives", hint="pick one")
+    opts.mode = "full"
+
+
 def _preflight(recipe: Recipe, opts: QuantizeOptions, formats: list[str], config: Any, reporter: Reporter) -> tuple[str, dict]:
     from quantkit.modules import meta_model, param_stats
     from quantkit.stream.preflight import available_memory, choose_mode, estimate
@@ -189,6 +213,11 @@ def _preflight(recipe: Recipe, opts: QuantizeOptions, formats: list[str], config
     est = estimate(meta, total, len(formats), tokens, int(getattr(text, "hidden_size", 0) or 0), _cuda())
     limit = opts.max_memory or available_memory()
     source = "--max-memory" if opts.max_memory else "available memory"
+    if opts.nproc > 1:  # the weights go straight to the GPUs
+        import torch
+
+        limit = sum(torch.cuda.mem_get_info(i)[0] for i in range(opts.nproc))
+        source = f"free memory of {opts.nproc} GPUs"
     requested = "layerwise" if opts.resume and opts.mode == "auto" else opts.mode
     if opts.resume and requested == "full":
         raise RecipeError("--resume works with --mode layerwise only", hint="drop --mode full, or drop --resume")
@@ -208,6 +237,7 @@ def quantize(recipe: Recipe, opts: QuantizeOptions, reporter: Reporter = SILENT)
 
     recipe = apply_options(recipe, opts)
     formats = resolve_formats(recipe, opts)
+    _check_nproc(opts, formats)
     backends = {f: get_backend(FORMAT_BACKEND[f]) for f in formats}
     for b in backends.values():
         b.check_available()
@@ -229,7 +259,7 @@ def quantize(recipe: Recipe, opts: QuantizeOptions, reporter: Reporter = SILENT)
         from quantkit.stream.run import quantize_layerwise
 
         return quantize_layerwise(ctx, base_out, config, t0)
-    config, model, tok = _load(local, recipe, reporter)
+    config, model, tok = _load(local, recipe, reporter, opts.nproc)
     t_load = time.perf_counter() - t0
     plans = {f: build_plan(config, model_source=m.source, backend=FORMAT_BACKEND[f], scheme=recipe.scheme,
                            recipe_rules=recipe.patterns(), cli_patterns=opts.exclude, family=recipe.family,
@@ -239,6 +269,7 @@ def quantize(recipe: Recipe, opts: QuantizeOptions, reporter: Reporter = SILENT)
     reporter.stage("calibration data", recipe.calibration.dataset)
     c = recipe.calibration
     calib = build_calibration(tok, c.dataset, c.samples, c.seq_len, c.seed)
+    calib.batch_size = c.resolved_batch_size(_cuda())
     if len(calib.input_ids) < c.samples:
         reporter.info(f"note: {c.dataset} has {len(calib.input_ids)} samples; {c.samples} were asked for")
 
@@ -251,8 +282,9 @@ def quantize(recipe: Recipe, opts: QuantizeOptions, reporter: Reporter = SILENT)
         with atomic_dir(outs[fmt], overwrite=opts.overwrite) as tmp:
             res = backend.quantize(work_model, tok, plan, calib, recipe.scheme, tmp, progress=reporter.advance,
                                    kv_cache=recipe.kv_cache, algorithm=recipe.calibration.algorithm)
+            devices = sorted({str(p.device) for p in work_model.parameters()})
             results.append(finish_variant(ctx, tmp, fmt, plan, calib, tok, {"load": round(t_load, 3), **res.timings},
-                                          res.native_config, t_start))
+                                          res.native_config, t_start, run_extra={"mode": "full", "devices": devices}))
         del work_model
     return results
 

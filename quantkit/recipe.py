@@ -75,7 +75,8 @@ class Calibration(_Strict):
     seq_len: int = Field(512, ge=16, le=131_072)
     seed: int = 0
     # samples per calibration forward (ModelOpt; equal-length samples are batched, never padded).
-    # auto: 1 on CPU; on a GPU up to 16k tokens per forward (the compute-floor goal of issue 6).
+    # auto: 1 on CPU; on a GPU up to 64k tokens (64 samples) per forward, halved on out-of-memory
+    # (measured on an H200, 7.2B Llama, 256 x 1024: batch 8 -> 11.8 s, 32 -> 9.7 s, 64 -> 9.2 s).
     batch_size: int | Literal["auto"] = "auto"
 
     @field_validator("batch_size")
@@ -88,7 +89,7 @@ class Calibration(_Strict):
     def resolved_batch_size(self, cuda: bool) -> int:
         if self.batch_size != "auto":
             return int(self.batch_size)
-        return max(1, min(64, 16384 // self.seq_len)) if cuda else 1
+        return max(1, min(64, 65536 // self.seq_len)) if cuda else 1
 
 
 class MixedPrecision(_Strict):

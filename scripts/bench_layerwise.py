@@ -3,7 +3,7 @@ larger than this machine's RAM, quantized by `quantkit quantize` (pre-flight pic
 with peak RSS of the whole process tree over the BF16 size; optionally a killed-and-resumed run.
 
   python scripts/bench_layerwise.py make /data/llama-14b            # ~28.5 GB of shards (50 layers)
-  python scripts/bench_layerwise.py run /data/llama-14b --out /data/q  # writes bench/layerwise.{md,json}
+  python scripts/bench_layerwise.py run /data/llama-14b --out /data/q --kill-at 25  # bench/layerwise.json
 
 Weights are random (seeded normal, std 0.02): the numbers are about memory and time, not
 quality. The tokenizer is SmolLM2's (embedded), so the vocabulary is 49,152."""
@@ -141,22 +141,26 @@ def machine() -> str:
             f"no swap, Python {platform.python_version()}")
 
 
-def run(src: Path, out: Path, resume_test: bool) -> None:
+def run(src: Path, out: Path, kill_at: int | None) -> None:
     idx = json.loads((src / "model.safetensors.index.json").read_text())
     bf16 = idx["metadata"]["total_size"]
     results = {"machine": machine(), "model": str(src), "bf16_bytes": bf16,
                "layers": json.loads((src / "config.json").read_text())["num_hidden_layers"]}
     print(f"model: {bf16 / 2**30:.1f} GiB BF16; machine: {results['machine']}")
-    results["full_run"] = quantize(src, out, ["--overwrite"])
-    print(json.dumps({k: v for k, v in results["full_run"].items() if k != "log_tail"}, indent=1))
-    if resume_test:
-        import shutil
-
-        shutil.rmtree(out, ignore_errors=True)  # disk: the source and one output at a time
-        r2 = out.with_name(out.name + "-resumed")
-        killed = quantize(src, r2, ["--overwrite"], kill_after_layers=results["layers"] // 2)
-        resumed = quantize(src, r2, ["--resume"])
-        results["killed_run"], results["resumed_run"] = killed, resumed
+    if kill_at:
+        # one pass over the model, killed (SIGKILL) after `kill_at` layers, then the same command + --resume
+        results["killed_run"] = quantize(src, out, ["--overwrite"], kill_after_layers=kill_at)
+        results["resumed_run"] = quantize(src, out, ["--resume"])
+        runs = [results["killed_run"], results["resumed_run"]]
+    else:
+        results["run"] = quantize(src, out, ["--overwrite"])
+        runs = [results["run"]]
+    peak = max(r["peak_tree_rss"] for r in runs)
+    results["peak_tree_rss"] = peak
+    results["peak_rss_over_bf16"] = round(peak / bf16, 4)
+    results["total_wall_s"] = round(sum(r["wall_s"] for r in runs), 1)
+    for r in runs:
+        print(json.dumps({k: v for k, v in r.items() if k != "log_tail"}, indent=1))
     (ROOT / "bench").mkdir(exist_ok=True)
     (ROOT / "bench" / "layerwise.json").write_text(json.dumps(results, indent=1))
     print(json.dumps(results, indent=1)[:3000])
@@ -171,12 +175,12 @@ def main() -> None:
     r = sub.add_parser("run")
     r.add_argument("src", type=Path)
     r.add_argument("--out", type=Path, required=True)
-    r.add_argument("--resume-test", action="store_true")
+    r.add_argument("--kill-at", type=int, default=None, help="SIGKILL the run after this many layers, then --resume")
     a = ap.parse_args()
     if a.cmd == "make":
         make(a.dest, a.layers)
     else:
-        run(a.src, a.out, a.resume_test)
+        run(a.src, a.out, a.kill_at)
 
 
 if __name__ == "__main__":

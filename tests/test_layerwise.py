@@ -202,3 +202,14 @@ def test_cli_max_memory_too_small_is_refused_before_loading(tmp_path):
     _, err = p.communicate(timeout=300)
     assert p.returncode == 3 and "no mode fits" in err, err[-1500:]
     assert not (tmp_path / "q").exists()
+
+
+def test_nproc_without_gpus_is_refused(tmp_path):
+    import torch
+
+    if torch.cuda.device_count() >= 2:
+        pytest.skip("this machine has 2 GPUs: tests/test_gpu.py runs --nproc 2 for real")
+    r = resolve_recipe(str(_recipe(tmp_path, "llama")))
+    with pytest.raises(RecipeError, match="--nproc 2 needs 2 CUDA GPUs"):
+        quantize(r, QuantizeOptions(formats=["modelopt"], out=tmp_path / "q", nproc=2))
+    assert not (tmp_path / "q").exists()

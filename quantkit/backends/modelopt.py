@@ -64,10 +64,23 @@ class ModelOptBackend:
         batches = calib.batches(getattr(calib, "batch_size", 1))
         timings: dict[str, float] = {}
 
+        def run(m, ids):
+            try:
+                m(ids.to(device), use_cache=False)
+            except torch.OutOfMemoryError:
+                if len(ids) == 1:
+                    raise
+                # max calibration: a batch seen partly before the OOM only saw a subset of these
+                # samples, so running both halves again gives the same amax
+                torch.cuda.empty_cache()
+                half = len(ids) // 2
+                run(m, ids[:half])
+                run(m, ids[half:])
+
         def forward_loop(m):
             with torch.no_grad():
                 for i, ids in enumerate(batches):
-                    m(ids.to(device), use_cache=False)
+                    run(m, ids)
                     if progress:
                         progress("calibrate", i + 1, len(batches))
 

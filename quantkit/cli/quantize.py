@@ -93,6 +93,8 @@ def register(app: typer.Typer) -> None:
                               "by it", show_default=False)] = None,
         resume: Annotated[bool, typer.Option("--resume", help="continue an interrupted layerwise run from its last "
                           "finished layer (same command, same --out)")] = False,
+        nproc: Annotated[int, typer.Option("--nproc", min=1, help="GPUs to place the model across (accelerate "
+                         "device_map; ModelOpt backend) when it fits none of them alone")] = 1,
         overwrite: Annotated[bool, typer.Option("--overwrite", help="replace an existing output directory (and "
                              "discard an interrupted run's state)")] = False,
         strict: StrictOpt = False,
@@ -123,7 +125,7 @@ def register(app: typer.Typer) -> None:
         r = resolve_recipe(recipe)
         opts = QuantizeOptions(formats=parse_format(fmt) if fmt else None, backend=backend, exclude=exclude or [],
                                out=out, overwrite=overwrite, strict=strict, samples=samples, seq_len=seq_len,
-                               model=model, algorithm=algorithm, mode=mode, resume=resume,
+                               model=model, algorithm=algorithm, mode=mode, resume=resume, nproc=nproc,
                                max_memory=parse_size(max_memory) if max_memory else None)
         with RichReporter() as rep:
             results = run(r, opts, rep)

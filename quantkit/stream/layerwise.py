@@ -151,7 +151,6 @@ class LayerwiseRun:
             info(f"resuming at layer {start}/{n} ({self.work})")
         lengths = [len(x) for x in self.calib.input_ids]
         calib_i = _positions_calib(self.calib, lengths)
-        samples = calib_i.tensors()
         norms = {k: v for k, v in src.read([o for o in src.other if "norm" in o]).items()}
         for i in range(start, n):
             t0 = time.perf_counter()
@@ -163,7 +162,7 @@ class LayerwiseRun:
                 model = build_stand_in(self.config, i, tensors, norms, hidden, device)
                 if nxt is None:
                     t0 = time.perf_counter()
-                    nxt = torch.cat([o[0] for o in capture_outputs(model, samples)]).to(hidden.dtype)
+                    nxt = capture_outputs(model, calib_i.input_ids, calib_i.batch_size).to(hidden.dtype)
                     t["calibrate"] += time.perf_counter() - t0
                 sub = stand_in_plan(plan, model, i, src.prefix)
                 with tempfile.TemporaryDirectory(dir=self.work, prefix=f"layer{i}-") as d:

@@ -102,25 +102,34 @@ def _set(model, name: str, value) -> None:
         setattr(mod, attr, value)
 
 
-def capture_outputs(model, samples: list) -> list:
-    """Run the stand-in's decoder layer on each sample; return its output hidden states (1, L, H)."""
+def capture_outputs(model, input_ids: list[list[int]], batch_size: int = 1):
+    """Run the stand-in's decoder layer on every sample, in order, batching runs of consecutive
+    equal-length samples; return the output hidden states concatenated, (N_tokens, H) on CPU."""
     import torch
 
     base = model.get_decoder() if hasattr(model, "get_decoder") else model.base_model
     layer = base.layers[0]
+    device = next(model.parameters()).device
     got: list = []
 
     def hook(_m, _inp, out):
-        got.append((out[0] if isinstance(out, (tuple, list)) else out).detach())
+        h = (out[0] if isinstance(out, (tuple, list)) else out).detach()
+        got.append(h.reshape(-1, h.shape[-1]).to("cpu"))
 
+    batches: list[list[list[int]]] = []
+    for ids in input_ids:
+        if batches and len(batches[-1]) < batch_size and len(batches[-1][0]) == len(ids):
+            batches[-1].append(ids)
+        else:
+            batches.append([ids])
     h = layer.register_forward_hook(hook)
     try:
         with torch.no_grad():
-            for ids in samples:
-                base(input_ids=ids.to(next(model.parameters()).device), use_cache=False)
+            for b in batches:
+                base(input_ids=torch.tensor(b, device=device), use_cache=False)
     finally:
         h.remove()
-    return [g.to("cpu") for g in got]
+    return torch.cat(got)
 
 
 def stand_in_plan(full_plan: Any, model: Any, i: int, prefix: str) -> Any:

@@ -33,6 +33,9 @@ def quantize_layerwise(ctx: Any, base_out: Path, config: Any, t0: float) -> list
     c = recipe.calibration
     rep.stage("calibration data", c.dataset)
     calib = build_calibration(tok, c.dataset, c.samples, c.seq_len, c.seed)
+    import torch
+
+    calib.batch_size = c.resolved_batch_size(torch.cuda.is_available())
     run = LayerwiseRun(local, config, tok, plans, ctx.backends, calib, recipe, work_dir(base_out),
                        resume=opts.resume, overwrite=opts.overwrite)
     rep.stage("quantize [layerwise]", f"{', '.join(ctx.formats)}: one decoder layer at a time; state in {run.work}")

@@ -81,7 +81,9 @@ class SourceShards:
         for fname, ns in by_file.items():
             with safe_open(str(self.root / fname), framework="pt") as f:
                 for n in ns:
-                    out[n] = f.get_tensor(n)
+                    # a copy: a tensor that still points into the mapping keeps the whole file
+                    # mapped, and every page ever touched through it counts in RSS until the end
+                    out[n] = f.get_tensor(n).clone()
         return out
 
     def read_layer(self, i: int, as_index: int | None = None) -> dict:
