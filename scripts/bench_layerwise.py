@@ -163,7 +163,32 @@ def run(src: Path, out: Path, kill_at: int | None) -> None:
         print(json.dumps({k: v for k, v in r.items() if k != "log_tail"}, indent=1))
     (ROOT / "bench").mkdir(exist_ok=True)
     (ROOT / "bench" / "layerwise.json").write_text(json.dumps(results, indent=1))
+    (ROOT / "bench" / "layerwise.md").write_text(markdown(results))
     print(json.dumps(results, indent=1)[:3000])
+
+
+def markdown(r: dict) -> str:
+    gib = 2 ** 30
+    lines = ["# Memory-bounded quantization: a model larger than RAM", "",
+             f"Machine: {r['machine']}.", "",
+             f"Model: `{r['model']}`, random-weight Llama ({r['layers']} layers, hidden {SHAPE['hidden_size']}, MLP "
+             f"{SHAPE['intermediate_size']}, vocab {SHAPE['vocab_size']}), "
+             f"{r['bf16_bytes'] / gib:.1f} GiB of BF16 shards; `scripts/bench_layerwise.py`. "
+             "`quantkit quantize --format modelopt --samples 4 --seq-len 64` (pre-flight: auto -> layerwise). "
+             "Peak RSS = the largest sum of RSS over the quantkit process tree, sampled every 0.2 s.", "",
+             "| run | exit | wall | peak RSS | peak RSS / BF16 |", "|---|---|---|---|---|"]
+    for key in ("run", "killed_run", "resumed_run"):
+        if key in r:
+            x = r[key]
+            lines.append(f"| {key.replace('_', ' ')} | {x['rc']} | {x['wall_s']} s | {x['peak_tree_rss'] / gib:.2f} GiB | "
+                         f"{x['peak_tree_rss'] / r['bf16_bytes']:.3f} |")
+    lines += ["", f"Peak over the whole job: **{r['peak_tree_rss'] / gib:.2f} GiB = {r['peak_rss_over_bf16']}x the "
+                  f"BF16 size** (goal <= 0.5x), {r['total_wall_s']} s in all."]
+    res = r.get("resumed_run", {}).get("manifest_run") or r.get("run", {}).get("manifest_run") or {}
+    if res:
+        lines += ["", f"Manifest of the final run: timings {res.get('timings_s')}, resumed from layer "
+                      f"{res.get('resumed_from_layer', 0)}, pre-flight {json.dumps(res.get('preflight', {}).get('estimates'))}."]
+    return "\n".join(lines) + "\n"
 
 
 def main() -> None:

@@ -55,19 +55,22 @@ def _qc(d: Path) -> dict:
 
 # ---------------------------------------------------------------- equivalence with a full run
 @pytest.mark.e2e
-@pytest.mark.parametrize("kind", ["llama", "qwen3_5", "gemma3"])
+@pytest.mark.parametrize("kind", ["llama", "qwen3_5", "gemma3", "qwen3_next", "qwen3_5_moe", "nemotron_h"])
 def test_layerwise_modelopt_is_bit_identical_to_full(tmp_path, kind):
-    """Dense Llama, Qwen3.5 (GDN linear_attn kept BF16) and Gemma-3 (scaled embedding, sliding
-    layers): every tensor and all metadata equal the full-model ModelOpt checkpoint."""
+    """Dense Llama, Qwen3.5 (GDN linear_attn kept BF16), Gemma-3 (scaled embedding, sliding
+    layers), Qwen3-Next / Qwen3.5-MoE (experts per expert on disk, fused in transformers) and
+    Nemotron-H (`backbone.` names, whole Mamba/attention layers kept): every tensor equals the
+    full-model ModelOpt checkpoint's and the metadata declares the same modules."""
     r = resolve_recipe(str(_recipe(tmp_path, kind)))
     full = quantize(r, QuantizeOptions(formats=["modelopt"], out=tmp_path / "full", mode="full"))[0]
     lw = quantize(r, QuantizeOptions(formats=["modelopt"], out=tmp_path / "lw", mode="layerwise"))[0]
     a, b = _tensors(full.path), _tensors(lw.path)
     assert set(a) == set(b)
     assert [k for k in a if not _same(a[k], b[k])] == []
-    assert json.loads((lw.path / "hf_quant_config.json").read_text()) == \
-        json.loads((full.path / "hf_quant_config.json").read_text())
-    assert _qc(lw.path) == _qc(full.path)
+    hq_lw, hq_full = (json.loads((p / "hf_quant_config.json").read_text())["quantization"] for p in (lw.path, full.path))
+    assert set(hq_lw.pop("exclude_modules")) == set(hq_full.pop("exclude_modules")) and hq_lw == hq_full
+    qc_lw, qc_full = _qc(lw.path), _qc(full.path)
+    assert set(qc_lw.pop("ignore")) == set(qc_full.pop("ignore")) and qc_lw == qc_full
     assert lw.manifest["run"]["mode"] == "layerwise" and lw.manifest["run"]["preflight"]["mode"] == "layerwise"
     assert len(list(lw.path.glob("model-*-of-*.safetensors"))) > 1  # one shard per layer + the rest
     assert not (tmp_path / ".lw.layerwise").exists(), "the resume state must be removed after success"
@@ -96,10 +99,10 @@ def test_layerwise_both_formats_match_full(tmp_path):
 
 @pytest.mark.e2e
 def test_layerwise_refuses_layers_it_cannot_rebuild(tmp_path):
-    """Qwen3-Next stores experts per expert on disk but fuses them in transformers: the
-    stand-in cannot take the layer's tensors as they are, so the run stops with the way out."""
-    r = resolve_recipe(str(_recipe(tmp_path, "qwen3_next")))
-    with pytest.raises(PlanError, match="cannot rebuild layer 0") as exc:
+    """Gemma-4's layer shapes depend on the layer's index (KV-shared layers): a one-layer
+    stand-in cannot take them, so the run stops before writing anything, with the way out."""
+    r = resolve_recipe(str(_recipe(tmp_path, "gemma4")))
+    with pytest.raises(PlanError, match="cannot rebuild layer 1") as exc:
         quantize(r, QuantizeOptions(formats=["modelopt"], out=tmp_path / "q", mode="layerwise"))
     assert "--mode full" in exc.value.hint
     assert not (tmp_path / "q").exists()

@@ -19,6 +19,7 @@ import fcntl
 import hashlib
 import json
 import os
+import re
 import shutil
 import tempfile
 import time
@@ -120,7 +121,7 @@ class LayerwiseRun:
         if sorted(src.layers) != list(range(n)):
             raise PlanError(f"{self.local}: decoder layer indices are not contiguous", hint="use --mode full")
         for fmt, plan in self.plans.items():
-            outside = [d.module.name for d in plan.fp4 if not d.module.name.startswith(src.prefix + ".")]
+            outside = [d.module.name for d in plan.fp4 if not re.match(r"^(?:\w+\.)*layers\.\d+\.", d.module.name)]
             if outside:
                 raise PlanError(f"memory-bounded mode quantizes decoder layers only; the plan puts {outside[0]} "
                                 "in FP4", hint="exclude it (--exclude) or use --mode full")
@@ -164,7 +165,13 @@ class LayerwiseRun:
                     t0 = time.perf_counter()
                     nxt = capture_outputs(model, calib_i.input_ids, calib_i.batch_size).to(hidden.dtype)
                     t["calibrate"] += time.perf_counter() - t0
-                sub = stand_in_plan(plan, model, i, src.prefix)
+                sub = stand_in_plan(plan, model, i)
+                if not sub.fp4:  # nothing of this layer goes to FP4 (e.g. a Mamba layer): copied as it is,
+                    # and declared unquantized by a whole-layer entry when the metadata is written
+                    writers[fmt].write(i, src.read_layer(i))
+                    state.setdefault("skipped", {}).setdefault(fmt, []).append(i)
+                    del model
+                    continue
                 with tempfile.TemporaryDirectory(dir=self.work, prefix=f"layer{i}-") as d:
                     res = self.backends[fmt].quantize(
                         model, self.tokenizer, sub, calib_i, self.recipe.scheme, Path(d), progress=None,
@@ -191,7 +198,11 @@ class LayerwiseRun:
             if device == "cuda":
                 torch.cuda.empty_cache()
         self.timings = {k: round(v, 3) for k, v in t.items()}
-        return {f: {"writer": writers[f], "metadata": state["metadata"][f]} for f in self.plans}
+        if any(f not in state["metadata"] for f in self.plans):
+            raise PlanError("no decoder layer has an FP4 module: nothing to quantize layer by layer",
+                            hint="check the plan (`quantkit plan`)")
+        return {f: {"writer": writers[f], "metadata": state["metadata"][f], "prefix": src.prefix,
+                    "skipped": state.get("skipped", {}).get(f, [])} for f in self.plans}
 
     def cleanup(self) -> None:
         shutil.rmtree(self.work, ignore_errors=True)

@@ -60,32 +60,56 @@ def build_stand_in(config: Any, i: int, layer_tensors: dict, other_tensors: dict
     from quantkit.modules import model_class_for
 
     cfg = layer_config(config, i, vocab=int(hidden.shape[0]))
+    cls = model_class_for(cfg)
     with no_init_weights():
-        model = model_class_for(cfg)._from_config(cfg, dtype=torch.bfloat16)
-    emb = model.get_input_embeddings()  # keep its class: the backends name it in their metadata
-    emb.weight = nn.Parameter(hidden, requires_grad=False)
-    if isinstance(getattr(emb, "embed_scale", None), torch.Tensor):  # Gemma: hidden states are already scaled
-        emb.embed_scale.fill_(1.0)
+        model = cls._from_config(cfg, dtype=torch.bfloat16)
     sd = model.state_dict()
     want = {k: v for k, v in sd.items() if k in layer_tensors}
     missing = [k for k in sd if _is_layer_key(k) and k not in layer_tensors]
     extra = [k for k in layer_tensors if k not in sd]
     wrong = [k for k, v in want.items() if tuple(v.shape) != tuple(layer_tensors[k].shape)]
-    if missing or extra or wrong:
-        what = (f"missing {missing[:3]}" if missing else f"unexpected {extra[:3]}" if extra
-                else f"shape mismatch {wrong[:3]}")
-        raise PlanError(f"memory-bounded mode cannot rebuild layer {i} of {type(model).__name__}: {what}",
-                        hint="use --mode full on a machine with enough memory")
-    with torch.no_grad():
-        for k, t in layer_tensors.items():
-            _set(model, k, t.to(sd[k].dtype))
-        for k, t in other_tensors.items():
-            if k in sd and not _is_layer_key(k) and sd[k].shape == t.shape:
+    if wrong:
+        raise PlanError(f"memory-bounded mode cannot rebuild layer {i} of {type(model).__name__}: shape mismatch "
+                        f"{wrong[:3]}", hint="use --mode full on a machine with enough memory")
+    if missing or extra:  # checkpoint names differ from the modules (fused experts, renamed prefixes):
+        del model         # let transformers' own loader convert them, as from_pretrained does for the full model
+        model = _load_converted(cls, cfg, i, {**layer_tensors, **other_tensors})
+    else:
+        with torch.no_grad():
+            for k, t in layer_tensors.items():
                 _set(model, k, t.to(sd[k].dtype))
+            for k, t in other_tensors.items():
+                if k in sd and not _is_layer_key(k) and sd[k].shape == t.shape:
+                    _set(model, k, t.to(sd[k].dtype))
+    emb = model.get_input_embeddings()  # keep its class: the backends name it in their metadata
+    emb.weight = nn.Parameter(hidden, requires_grad=False)
+    if isinstance(getattr(emb, "embed_scale", None), torch.Tensor):  # Gemma: hidden states are already scaled
+        emb.embed_scale.fill_(1.0)
+    with torch.no_grad():
         head = model.get_output_embeddings()
         if head is not None and head.weight.data_ptr() != emb.weight.data_ptr():
             head.weight.data.zero_()
     return model.to(device).eval()
+
+
+def _load_converted(cls, cfg, i: int, tensors: dict):
+    """The stand-in loaded by transformers from a one-layer checkpoint in a temporary directory,
+    so its weight converters apply (per-expert -> fused experts, `backbone.` -> `model.`)."""
+    import tempfile
+
+    import torch
+    from safetensors.torch import save_file
+
+    with tempfile.TemporaryDirectory(prefix="quantkit-layer-") as d:
+        cfg.save_pretrained(d)
+        save_file({k: v.contiguous() for k, v in tensors.items()}, f"{d}/model.safetensors", metadata={"format": "pt"})
+        model, info = cls.from_pretrained(d, config=cfg, dtype=torch.bfloat16, output_loading_info=True)
+    bad = [k for key in ("missing_keys", "unexpected_keys", "mismatched_keys") for k in info.get(key) or []
+           if _is_layer_key(k if isinstance(k, str) else k[0])]
+    if bad:
+        raise PlanError(f"memory-bounded mode cannot rebuild layer {i} of {cls.__name__}: transformers could not "
+                        f"load {bad[:3]}", hint="use --mode full on a machine with enough memory")
+    return model
 
 
 def _is_layer_key(k: str) -> bool:
@@ -132,12 +156,23 @@ def capture_outputs(model, input_ids: list[list[int]], batch_size: int = 1):
     return torch.cat(got)
 
 
-def stand_in_plan(full_plan: Any, model: Any, i: int, prefix: str) -> Any:
+def module_prefix(model: Any) -> str:
+    """The dotted path of the stand-in's decoder layer list (e.g. `model.layers`)."""
+    from torch import nn
+
+    for name, mod in model.named_modules():
+        if isinstance(mod, nn.ModuleList) and name.split(".")[-1] == "layers":
+            return name
+    raise PlanError(f"{type(model).__name__} has no decoder layer list", hint="use --mode full")
+
+
+def stand_in_plan(full_plan: Any, model: Any, i: int, prefix: str | None = None) -> Any:
     """The full plan's decisions for layer i, renamed to the stand-in's layer 0; everything
     outside the layer stays BF16 (it is carried over from the source, not quantized here)."""
     from quantkit.modules import index_modules
     from quantkit.plan import Decision, Plan
 
+    prefix = prefix or module_prefix(model)
     by_name = {d.module.name: d for d in full_plan.decisions}
     decisions = []
     for m in index_modules(model):

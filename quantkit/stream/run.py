@@ -59,7 +59,7 @@ def quantize_layerwise(ctx: Any, base_out: Path, config: Any, t0: float) -> list
                 os.link(shard_dir / writer.name(k), tmp / writer.name(k))  # the state keeps its copy until the end
             writer.out = tmp
             writer.write_index()
-            _write_metadata(tmp, local, fmt, part["metadata"], plans[fmt])
+            _write_metadata(tmp, local, fmt, part["metadata"], plans[fmt], part["prefix"], part["skipped"])
             timings = {**run.timings, "finalize": round(time.perf_counter() - t_fin, 3)}
             native = {"mode": "layerwise", "layers": run.layers, "resumed_from_layer": run.resumed_from,
                       "backend_library": ctx.backends[fmt].name}
@@ -69,9 +69,22 @@ def quantize_layerwise(ctx: Any, base_out: Path, config: Any, t0: float) -> list
     return results
 
 
-def _write_metadata(out: Path, local: Path, fmt: str, meta: dict, plan: Any) -> None:
+def _write_metadata(out: Path, local: Path, fmt: str, meta: dict, plan: Any, prefix: str = "",
+                    skipped: list[int] = ()) -> None:
     """config.json = the source's, with the quantization_config merged from the layers;
-    hf_quant_config.json for ModelOpt; llm-compressor's ignore regexes for compressed-tensors."""
+    hf_quant_config.json for ModelOpt; llm-compressor's ignore regexes for compressed-tensors.
+    Layers without any FP4 module (`skipped`) are declared unquantized as a whole."""
+    import re
+
+    meta = json.loads(json.dumps(meta))
+    qc = meta["quantization_config"]
+    if skipped and fmt == "modelopt":
+        entries = [f"{prefix}.{i}.*" for i in skipped]
+        hq = meta["hf_quant_config"]["quantization"]
+        hq["exclude_modules"] = list(hq.get("exclude_modules") or []) + entries
+        qc["ignore"] = list(qc.get("ignore") or []) + entries
+    elif skipped:
+        qc["ignore"] = list(qc.get("ignore") or []) + [f"re:{re.escape(prefix)}\\.{i}\\..*" for i in skipped]
     cfg = json.loads((local / "config.json").read_text())
     cfg["quantization_config"] = meta["quantization_config"]
     (out / "config.json").write_text(json.dumps(cfg, indent=2) + "\n")
