@@ -153,6 +153,11 @@ def _load(local: Path, recipe: Recipe, reporter: Reporter, nproc: int = 1):
     config = load_config(str(local), trust_remote_code=recipe.model.trust_remote_code)
     reporter.stage("load", f"{local}" + (f" across {nproc} GPUs (accelerate device_map)" if nproc > 1 else ""))
     cls, trc = model_class_for(config), recipe.model.trust_remote_code
+    # the tokenizer (33 MB of JSON for Gemma) parses in a thread while the weights load
+    from concurrent.futures import ThreadPoolExecutor
+
+    pool = ThreadPoolExecutor(max_workers=1)
+    tok_future = pool.submit(AutoTokenizer.from_pretrained, str(local), trust_remote_code=trc)
     if nproc > 1:  # accelerate's big-model placement: consecutive layers on consecutive GPUs
         budget = {i: int(torch.cuda.mem_get_info(i)[0] * 0.85) for i in range(nproc)}
         model = cls.from_pretrained(str(local), dtype=torch.bfloat16, trust_remote_code=trc, device_map="balanced",
@@ -160,7 +165,8 @@ def _load(local: Path, recipe: Recipe, reporter: Reporter, nproc: int = 1):
     else:
         device = "cuda" if torch.cuda.is_available() else "cpu"
         model = cls.from_pretrained(str(local), dtype=torch.bfloat16, trust_remote_code=trc).to(device).eval()
-    tok = AutoTokenizer.from_pretrained(str(local), trust_remote_code=recipe.model.trust_remote_code)
+    tok = tok_future.result()
+    pool.shutdown()
     return config, model, tok
 
 
