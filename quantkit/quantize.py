@@ -264,6 +264,10 @@ def quantize(recipe: Recipe, opts: QuantizeOptions, reporter: Reporter = SILENT)
     if mode == "layerwise":
         from quantkit.stream.run import quantize_layerwise
 
+        if recipe.mixed_precision is not None:
+            raise RecipeError("mixed_precision measures sensitivity on the whole model, which the layerwise mode "
+                              "never loads", hint="use --mode full (with more memory), or drop mixed_precision")
+
         return quantize_layerwise(ctx, base_out, config, t0)
     config, model, tok = _load(local, recipe, reporter, opts.nproc)
     t_load = time.perf_counter() - t0
@@ -272,6 +276,10 @@ def quantize(recipe: Recipe, opts: QuantizeOptions, reporter: Reporter = SILENT)
                            strict=opts.strict, model=model) for f in formats}
     for w in plans[formats[0]].warnings:
         reporter.info(f"warning: {w}")
+    if recipe.mixed_precision is not None:
+        from quantkit.sensitivity import apply_mixed_precision
+
+        plans = apply_mixed_precision(plans, model, tok, recipe, reporter)
     reporter.stage("calibration data", recipe.calibration.dataset)
     c = recipe.calibration
     calib = build_calibration(tok, c.dataset, c.samples, c.seq_len, c.seed)

@@ -147,10 +147,14 @@ def run(src: Path, out: Path, kill_at: int | None) -> None:
     results = {"machine": machine(), "model": str(src), "bf16_bytes": bf16,
                "layers": json.loads((src / "config.json").read_text())["num_hidden_layers"]}
     print(f"model: {bf16 / 2**30:.1f} GiB BF16; machine: {results['machine']}")
+    import shutil
+
+    shutil.rmtree(out, ignore_errors=True)  # no stale output, manifest or resume state from an earlier run
+    shutil.rmtree(out.parent / f".{out.name}.layerwise", ignore_errors=True)
     if kill_at:
         # one pass over the model, killed (SIGKILL) after `kill_at` layers, then the same command + --resume
         results["killed_run"] = quantize(src, out, ["--overwrite"], kill_after_layers=kill_at)
-        results["resumed_run"] = quantize(src, out, ["--resume"])
+        results["resumed_run"] = quantize(src, out, ["--overwrite", "--resume"])  # the same command + --resume
         runs = [results["killed_run"], results["resumed_run"]]
     else:
         results["run"] = quantize(src, out, ["--overwrite"])

@@ -273,3 +273,22 @@ def test_verify_rejects_fp8_where_the_plan_does_not_say_fp8(tiny_src, tmp_path):
         verify_checkpoint(out, plan, "compressed-tensors")
     plan.decisions = decisions
     verify_checkpoint(out, plan, "compressed-tensors")
+
+
+@pytest.mark.e2e
+def test_quantize_pipeline_applies_the_recipe_budget(tiny_src, tmp_path):
+    """`quantize` itself runs the measurement when the recipe asks for it: the manifest's plan
+    shows the layers kept for sensitivity with their reasons; the layerwise mode refuses it."""
+    from quantkit.errors import RecipeError
+    from quantkit.quantize import QuantizeOptions, quantize
+    from quantkit.recipe import resolve_recipe
+
+    r = tmp_path / "r.yaml"
+    r.write_text(f"name: mp\nmodel:\n  source: {tiny_src}\ncalibration:\n  samples: 4\n  seq_len: 64\n"
+                 "mixed_precision:\n  budget_bits: 9.0\n  samples: 2\n  seq_len: 32\n")
+    (res,) = quantize(resolve_recipe(str(r)), QuantizeOptions(formats=["modelopt"], out=tmp_path / "q"))
+    kept = [k for k in res.manifest["plan"]["kept"] if k["source"] == "sensitivity"]
+    assert kept and all("sensitivity rank" in k["reason"] and "budget 9 bits/param" in k["reason"] for k in kept)
+    assert res.manifest["plan"]["bits_per_param"] <= 9.0
+    with pytest.raises(RecipeError, match="layerwise"):
+        quantize(resolve_recipe(str(r)), QuantizeOptions(formats=["modelopt"], out=tmp_path / "q2", mode="layerwise"))
