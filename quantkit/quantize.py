@@ -247,7 +247,7 @@ def quantize(recipe: Recipe, opts: QuantizeOptions, reporter: Reporter = SILENT)
     backends = {f: get_backend(FORMAT_BACKEND[f]) for f in formats}
     for b in backends.values():
         b.check_available()
-        check_algorithm(b.name, recipe.calibration.algorithm, _cuda())
+        check_algorithm(b.name, recipe.calibration.algorithm_for(b.name), _cuda())
     base_out = Path(opts.out) if opts.out else Path("out") / (recipe.name if len(formats) > 1 else f"{recipe.name}-nvfp4")
     outs = {f: (base_out / FORMAT_DIRS[f] if len(formats) > 1 else base_out) for f in formats}
     for f, p in outs.items():
@@ -295,7 +295,7 @@ def quantize(recipe: Recipe, opts: QuantizeOptions, reporter: Reporter = SILENT)
         t_start = time.perf_counter()
         with atomic_dir(outs[fmt], overwrite=opts.overwrite) as tmp:
             res = backend.quantize(work_model, tok, plan, calib, recipe.scheme, tmp, progress=reporter.advance,
-                                   kv_cache=recipe.kv_cache, algorithm=recipe.calibration.algorithm)
+                                   kv_cache=recipe.kv_cache, algorithm=recipe.calibration.algorithm_for(backend.name))
             devices = sorted({str(p.device) for p in work_model.parameters()})
             results.append(finish_variant(ctx, tmp, fmt, plan, calib, tok, {"load": round(t_load, 3), **res.timings},
                                           res.native_config, t_start, run_extra={"mode": "full", "devices": devices}))

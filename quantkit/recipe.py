@@ -65,11 +65,16 @@ class ExcludeRule(_Strict):
         return v
 
 
+Algorithm = Literal["minmax", "mse", "gptq", "awq", "awq_lite"]
+
+
 class Calibration(_Strict):
     # minmax: plain NVFP4 scales (both backends); mse: MSE scale search for weights;
     # gptq / awq: llm-compressor's GPTQ / AWQ with the NVFP4 scheme; awq_lite: ModelOpt's AWQ
     # (ModelOpt's mse/awq_lite fake-quantize during calibration, which needs CUDA).
-    algorithm: Literal["minmax", "mse", "gptq", "awq", "awq_lite"] = "minmax"
+    # One name for every backend, or one per backend ({modelopt: awq_lite, llmcompressor: gptq}):
+    # each library's best option differs, and `--format both` runs both.
+    algorithm: Algorithm | dict[Backend, Algorithm] = "minmax"
     dataset: str = "bundled-en"
     samples: int = Field(64, ge=1, le=100_000)
     seq_len: int = Field(512, ge=16, le=131_072)
@@ -85,6 +90,11 @@ class Calibration(_Strict):
         if v != "auto" and v < 1:
             raise ValueError("batch_size must be >= 1 or auto")
         return v
+
+    def algorithm_for(self, backend: str) -> str:
+        if isinstance(self.algorithm, dict):
+            return self.algorithm.get(backend, "minmax")
+        return self.algorithm
 
     def resolved_batch_size(self, cuda: bool) -> int:
         if self.batch_size != "auto":

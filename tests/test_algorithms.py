@@ -51,3 +51,33 @@ def test_unknown_algorithm_lists_supported(capsys):
     assert main(["quantize", "smollm2-135m", "--format", "ct", "--algorithm", "smoothquant",
                  "--out", "/nonexistent/x"]) == 3
     assert "supported here: minmax, mse, gptq" in capsys.readouterr().err
+
+
+def test_one_algorithm_per_backend(tiny_src, tmp_path):
+    """`algorithm: {modelopt: minmax, llmcompressor: gptq}`: each library runs its own best option
+    in one `--format both` run; the manifests record what each was given."""
+    import json
+
+    r = tmp_path / "r.yaml"
+    r.write_text(f"name: t\nmodel:\n  source: {tiny_src}\ncalibration:\n"
+                 "  algorithm: {modelopt: minmax, llmcompressor: gptq}\n  samples: 4\n  seq_len: 64\n")
+    out = tmp_path / "out"
+    assert main(["quantize", str(r), "--format", "both", "--out", str(out)]) == 0
+    mo = json.loads((out / "modelopt" / "quantkit.json").read_text())["backend_config"]
+    ct = json.loads((out / "ct" / "quantkit.json").read_text())["backend_config"]
+    assert mo["algorithm"] == "max" and ct["algorithm"] == "gptq"
+
+
+def test_per_backend_algorithm_is_checked_per_backend(tmp_path, capsys):
+    from conftest import cuda_available
+
+    if cuda_available():
+        pytest.skip("has a GPU")
+    r = tmp_path / "r.yaml"
+    r.write_text("name: t\nmodel:\n  source: embedded:smollm2-135m\ncalibration:\n"
+                 "  algorithm: {modelopt: awq_lite, llmcompressor: gptq}\n")
+    assert main(["quantize", str(r), "--format", "both", "--out", str(tmp_path / "q")]) == 3
+    assert "'awq_lite' with backend modelopt needs a CUDA GPU" in capsys.readouterr().err
+    r.write_text("name: t\nmodel:\n  source: x/y\ncalibration:\n  algorithm: {vllm: gptq}\n")
+    assert main(["quantize", str(r), "--out", str(tmp_path / "q")]) == 3
+    assert "calibration.algorithm" in capsys.readouterr().err

@@ -62,7 +62,8 @@ class LayerwiseRun:
         h = hashlib.sha256()
         h.update(json.dumps({
             "source": str(self.local), "formats": sorted(self.plans), "scheme": self.recipe.scheme,
-            "algorithm": self.recipe.calibration.algorithm, "kv_cache": self.recipe.kv_cache,
+            "algorithm": {f: self.recipe.calibration.algorithm_for(b.name) for f, b in sorted(self.backends.items())},
+            "kv_cache": self.recipe.kv_cache,
             "calib": self.calib.fingerprint,
             "kept": {f: p.kept_names() for f, p in sorted(self.plans.items())},
         }, sort_keys=True).encode())
@@ -175,7 +176,8 @@ class LayerwiseRun:
                 with tempfile.TemporaryDirectory(dir=self.work, prefix=f"layer{i}-") as d:
                     res = self.backends[fmt].quantize(
                         model, self.tokenizer, sub, calib_i, self.recipe.scheme, Path(d), progress=None,
-                        kv_cache=self.recipe.kv_cache, algorithm=self.recipe.calibration.algorithm)
+                        kv_cache=self.recipe.kv_cache,
+                        algorithm=self.recipe.calibration.algorithm_for(self.backends[fmt].name))
                     t["calibrate"] += res.timings.get("calibrate", 0.0)
                     t["export"] += res.timings.get("export", 0.0)
                     t0 = time.perf_counter()
