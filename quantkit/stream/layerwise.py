@@ -110,7 +110,8 @@ class LayerwiseRun:
 
     # ------------------------------------------------------------------ run
     def run(self, progress=None, info=None) -> dict[str, dict]:
-        """Quantize every layer; return per-format {"shards": dir, "metadata": merged, "writer": ShardWriter}."""
+        """Quantize every layer; per format: {"writer": ShardWriter of the finished shards, "metadata": merged
+        quantization metadata, "prefix": the layers' tensor prefix, "skipped": layers copied unquantized}."""
         with self._locked():
             return self._run(progress or (lambda *a: None), info or (lambda m: None))
 
