@@ -81,19 +81,27 @@ class CalibSet:
                 "seq_len": self.seq_len, "seed": self.seed, "tokens": self.tokens, "fingerprint": self.fingerprint,
                 "batch_size": self.batch_size}
 
-    def batches(self, size: int):
+    def batches(self, size: int, ordered: bool = False):
         """(B, L) input_ids tensors of up to `size` samples of equal length (no padding, so pad
-        tokens never reach the activation statistics), in order of first appearance."""
+        tokens never reach the activation statistics), in order of first appearance. With
+        `ordered`, only consecutive samples are batched, so the batches concatenate back to the
+        samples in their order (fewer, smaller batches when lengths alternate)."""
         import torch
 
-        by_len: dict[int, list[list[int]]] = {}
-        for ids in self.input_ids:
-            by_len.setdefault(len(ids), []).append(ids)
-        out = []
-        for group in by_len.values():
-            for k in range(0, len(group), max(1, size)):
-                out.append(torch.tensor(group[k:k + max(1, size)], dtype=torch.long))
-        return out
+        size = max(1, size)
+        groups: list[list[list[int]]] = []
+        if ordered:
+            for ids in self.input_ids:
+                if groups and len(groups[-1]) < size and len(groups[-1][0]) == len(ids):
+                    groups[-1].append(ids)
+                else:
+                    groups.append([ids])
+        else:
+            by_len: dict[int, list[list[int]]] = {}
+            for ids in self.input_ids:
+                by_len.setdefault(len(ids), []).append(ids)
+            groups = [g[k:k + size] for g in by_len.values() for k in range(0, len(g), size)]
+        return [torch.tensor(g, dtype=torch.long) for g in groups]
 
     def tensors(self):
         """One (1, L) input_ids tensor per sample (no padding, so no mask games in backends)."""

@@ -203,7 +203,6 @@ def _check_nproc(opts: QuantizeOptions, formats: list[str]) -> None:
                           hint="use --format modelopt with --nproc, or drop --nproc for compressed-tensors")
     if opts.mode == "layerwise" or opts.resume:
         raise RecipeError("--nproc and --mode layerwise are alternatives", hint="pick one")
-    opts.mode = "full"
 
 
 def _preflight(recipe: Recipe, opts: QuantizeOptions, formats: list[str], config: Any, reporter: Reporter) -> tuple[str, dict]:
@@ -224,7 +223,9 @@ def _preflight(recipe: Recipe, opts: QuantizeOptions, formats: list[str], config
 
         limit = sum(torch.cuda.mem_get_info(i)[0] for i in range(opts.nproc))
         source = f"free memory of {opts.nproc} GPUs"
-    requested = "layerwise" if opts.resume and opts.mode == "auto" else opts.mode
+    requested = opts.mode
+    if opts.mode == "auto":  # --nproc places the whole model on the GPUs; --resume continues a layerwise run
+        requested = "full" if opts.nproc > 1 else "layerwise" if opts.resume else "auto"
     if opts.resume and requested == "full":
         raise RecipeError("--resume works with --mode layerwise only", hint="drop --mode full, or drop --resume")
     mode = choose_mode(requested, est, limit, source)

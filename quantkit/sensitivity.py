@@ -18,13 +18,14 @@ import dataclasses
 import time
 from typing import Any, Callable
 
+from quantkit.checkpoint.nvfp4 import E2M1_VALUES
 from quantkit.plan import GROUP_SIZE, Decision, Plan
 from quantkit.progress import SILENT, Reporter
 
 __all__ = ["nvfp4_qdq", "calibration_batch", "measure_sensitivity", "select_by_budget", "apply_sensitivity",
            "apply_mixed_precision"]
 
-_E2M1_POS = (0.0, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0)  # magnitudes of quantkit.checkpoint.nvfp4.E2M1_VALUES
+_E2M1_POS = E2M1_VALUES[:8]  # the non-negative magnitudes
 _E2M1_MAX, _E4M3_MAX = 6.0, 448.0
 
 

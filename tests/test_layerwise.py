@@ -216,3 +216,14 @@ def test_nproc_without_gpus_is_refused(tmp_path):
     with pytest.raises(RecipeError, match="--nproc 2 needs 2 CUDA GPUs"):
         quantize(r, QuantizeOptions(formats=["modelopt"], out=tmp_path / "q", nproc=2))
     assert not (tmp_path / "q").exists()
+
+
+def test_calibration_batches_never_pad_and_ordered_keeps_the_order():
+    from quantkit.calib import CalibSet
+
+    c = CalibSet(spec="x", input_ids=[[1, 2], [3, 4], [5], [6, 7], [8, 9], [10, 11]], seq_len=2, seed=0, requested=6)
+    by_len = [b.tolist() for b in c.batches(4)]
+    assert by_len == [[[1, 2], [3, 4], [6, 7], [8, 9]], [[10, 11]], [[5]]]
+    ordered = [b.tolist() for b in c.batches(2, ordered=True)]
+    assert ordered == [[[1, 2], [3, 4]], [[5]], [[6, 7], [8, 9]], [[10, 11]]]
+    assert [t for b in ordered for row in b for t in row] == list(range(1, 12))

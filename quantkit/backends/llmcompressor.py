@@ -37,7 +37,7 @@ def ignore_list(plan: Any) -> list[str]:
 
 def _config_groups(plan: Any, scheme: str) -> dict | None:
     """NVFP4 for every Linear, FP8 (per-tensor, static) for the plan's FP8 modules by exact name."""
-    fp8 = plan.fp8_names() if hasattr(plan, "fp8_names") else []
+    fp8 = plan.fp8_names()
     if not fp8:
         return None
     from compressed_tensors.quantization import preset_name_to_scheme
@@ -84,7 +84,7 @@ class LLMCompressorBackend:
             _append_regex_ignores(out_dir / "config.json", [e for e in ignore if e.startswith("re:")])
         return BackendResult(self.format, timings,
                              native_config={"ignore": ignore, "scheme": _SCHEMES[scheme], "algorithm": algorithm,
-                                            **({"fp8_modules": plan.fp8_names()} if getattr(plan, "fp8", None) else {})})
+                                            **({"fp8_modules": plan.fp8_names()} if plan.fp8 else {})})
 
 
 def _recipe(algorithm: str, scheme: str, ignore: list[str], kwargs: dict, config_groups: dict | None = None) -> list:

@@ -165,12 +165,12 @@ class LayerwiseRun:
                 model = build_stand_in(self.config, i, tensors, norms, hidden, device)
                 if nxt is None:
                     t0 = time.perf_counter()
-                    nxt = capture_outputs(model, calib_i.input_ids, calib_i.batch_size).to(hidden.dtype)
+                    nxt = capture_outputs(model, calib_i).to(hidden.dtype)
                     t["calibrate"] += time.perf_counter() - t0
                 sub = stand_in_plan(plan, model, i)
                 if not sub.fp4:  # nothing of this layer goes to FP4 (e.g. a Mamba layer): copied as it is,
                     # and declared unquantized by a whole-layer entry when the metadata is written
-                    writers[fmt].write(i, src.read_layer(i))
+                    writers[fmt].write(i, src.rename_layer(tensors, 0, i))
                     state.setdefault("skipped", {}).setdefault(fmt, []).append(i)
                     del model
                     continue

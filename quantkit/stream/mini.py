@@ -117,18 +117,18 @@ def _is_layer_key(k: str) -> bool:
 
 
 def _set(model, name: str, value) -> None:
+    from torch import nn
+
     mod_name, _, attr = name.rpartition(".")
     mod = model.get_submodule(mod_name)
-    old = getattr(mod, attr)
-    if isinstance(old, __import__("torch").nn.Parameter):
-        setattr(mod, attr, __import__("torch").nn.Parameter(value, requires_grad=False))
-    else:
-        setattr(mod, attr, value)
+    if isinstance(getattr(mod, attr), nn.Parameter):
+        value = nn.Parameter(value, requires_grad=False)
+    setattr(mod, attr, value)
 
 
-def capture_outputs(model, input_ids: list[list[int]], batch_size: int = 1):
-    """Run the stand-in's decoder layer on every sample, in order, batching runs of consecutive
-    equal-length samples; return the output hidden states concatenated, (N_tokens, H) on CPU."""
+def capture_outputs(model, calib: Any):
+    """Run the stand-in's decoder layer on every sample of `calib`, in order (consecutive
+    equal-length samples batched); return the output hidden states concatenated, (N_tokens, H) on CPU."""
     import torch
 
     base = model.get_decoder() if hasattr(model, "get_decoder") else model.base_model
@@ -140,17 +140,11 @@ def capture_outputs(model, input_ids: list[list[int]], batch_size: int = 1):
         h = (out[0] if isinstance(out, (tuple, list)) else out).detach()
         got.append(h.reshape(-1, h.shape[-1]).to("cpu"))
 
-    batches: list[list[list[int]]] = []
-    for ids in input_ids:
-        if batches and len(batches[-1]) < batch_size and len(batches[-1][0]) == len(ids):
-            batches[-1].append(ids)
-        else:
-            batches.append([ids])
     h = layer.register_forward_hook(hook)
     try:
         with torch.no_grad():
-            for b in batches:
-                base(input_ids=torch.tensor(b, device=device), use_cache=False)
+            for b in calib.batches(getattr(calib, "batch_size", 1), ordered=True):
+                base(input_ids=b.to(device), use_cache=False)
     finally:
         h.remove()
     return torch.cat(got)

@@ -88,9 +88,12 @@ class SourceShards:
 
     def read_layer(self, i: int, as_index: int | None = None) -> dict:
         """Layer i's tensors, renamed to layer `as_index` (e.g. 0 for a one-layer model)."""
-        src = f"{self.prefix}.{i}."
-        dst = f"{self.prefix}.{i if as_index is None else as_index}."
-        return {dst + n[len(src):]: t for n, t in self.read(self.layers[i]).items()}
+        return self.rename_layer(self.read(self.layers[i]), i, i if as_index is None else as_index)
+
+    def rename_layer(self, tensors: dict, i: int, j: int) -> dict:
+        """Tensors named `<prefix>.<i>.*` -> `<prefix>.<j>.*`."""
+        src, dst = f"{self.prefix}.{i}.", f"{self.prefix}.{j}."
+        return {dst + n[len(src):]: t for n, t in tensors.items()}
 
     def read_rows(self, name: str, rows: list[int]):
         """Rows of a 2-D tensor (embedding lookups) without reading the rest of it."""
