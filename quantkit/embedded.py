@@ -16,12 +16,13 @@ from __future__ import annotations
 import importlib
 import importlib.util
 import json
-import os
+import re
 import shutil
-import tempfile
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from quantkit.atomic import atomic_dir, remove_stale_partials
 from quantkit.errors import ModelSourceError
 from quantkit.resources import cache_root
 
@@ -194,21 +195,39 @@ def materialize(name: str) -> Path:
         raise ModelSourceError(f"unknown embedded model {name!r}; known: {', '.join(EMBEDDED)}",
                                hint="use embedded:smollm2-135m or embedded:gemma3-270m")
     dest = cache_root() / "embedded" / name
+    # Conversions killed mid-way leave `.{name}.partial-{pid}-XXXX` (hundreds of MB each): removed on
+    # every use once their process is gone, also when the cache is already current.
+    remove_stale_partials(dest)
+    _remove_legacy_temps(dest)
     if _is_current(dest / _MARKER, spec):
         return dest
     gguf = _gguf_path(spec)
     dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{name}.", dir=dest.parent))
-    try:
+    with atomic_dir(dest, overwrite=True) as tmp:
         _convert(spec, gguf, tmp)
         (tmp / _MARKER).write_text(json.dumps({"name": name, "gguf": gguf.name, "base_model": spec.base_model,
                                                "license": spec.license, "tokenizer_fix": spec.tokenizer_fix,
                                                "conversion": CONVERSION_VERSION},
                                               indent=2))
-        if dest.exists():
-            shutil.rmtree(dest)
-        os.replace(tmp, dest)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
     return dest
+
+
+# Before conversions were named with their pid they were `.{name}.XXXXXXXX` (8 random characters
+# from tempfile.mkdtemp): whose they were cannot be told, so they are removed once older than
+# this, far longer than any conversion takes (seconds to minutes).
+_LEGACY_MAX_AGE_S = 6 * 3600
+_LEGACY_SUFFIX = re.compile(r"[a-z0-9_]{8}")
+
+
+def _remove_legacy_temps(dest: Path) -> None:
+    if not dest.parent.is_dir():
+        return
+    now = time.time()
+    for p in dest.parent.glob(f".{dest.name}.*"):
+        if not _LEGACY_SUFFIX.fullmatch(p.name[len(dest.name) + 2:]) or not p.is_dir():
+            continue  # `.partial-{pid}-...` / `.old-{pid}` are atomic_dir's, judged by their pid
+        try:
+            if now - p.stat().st_mtime > _LEGACY_MAX_AGE_S:
+                shutil.rmtree(p, ignore_errors=True)
+        except FileNotFoundError:
+            pass

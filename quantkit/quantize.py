@@ -4,18 +4,16 @@ manifest -> atomic rename. An interrupted or failed run leaves nothing at --out.
 from __future__ import annotations
 
 import copy
-import os
 import resource
 import shutil
-import tempfile
 import time
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import yaml
 
+from quantkit.atomic import atomic_dir
 from quantkit.errors import QuantkitError, RecipeError
 from quantkit.progress import SILENT, Reporter
 from quantkit.recipe import FORMAT_BACKEND, Recipe
@@ -69,52 +67,6 @@ class VariantResult:
 
 def _peak_rss() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-
-
-@contextmanager
-def atomic_dir(final: Path, overwrite: bool = False) -> Iterator[Path]:
-    """Yield a temporary sibling of `final`; rename it to `final` only if the block succeeds."""
-    final = Path(final)
-    if final.exists() and not overwrite:
-        raise RecipeError(f"output path exists: {final}", hint="choose another --out, or pass --overwrite")
-    final.parent.mkdir(parents=True, exist_ok=True)
-    _remove_stale_partials(final)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.partial-{os.getpid()}-", dir=final.parent))
-    try:
-        yield tmp
-        _normalize_modes(tmp)
-        if final.exists():
-            trash = final.with_name(f".{final.name}.old-{os.getpid()}")
-            os.replace(final, trash)
-            os.replace(tmp, final)
-            shutil.rmtree(trash, ignore_errors=True)
-        else:
-            os.replace(tmp, final)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
-
-
-def _remove_stale_partials(final: Path) -> None:
-    """Temporary siblings left by a run that was killed (SIGKILL, power loss) are removed once
-    their process is gone."""
-    for p in final.parent.glob(f".{final.name}.partial-*"):
-        try:
-            pid = int(p.name.rsplit(".partial-", 1)[1].split("-", 1)[0])
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            shutil.rmtree(p, ignore_errors=True)
-        except (ValueError, PermissionError, IndexError):
-            continue
-
-
-def _normalize_modes(root: Path) -> None:
-    """mkdtemp makes 0700 dirs and some writers 0600 files: give the result the usual modes."""
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(root, 0o777 & ~umask)
-    for p in root.rglob("*"):
-        os.chmod(p, (0o777 if p.is_dir() else 0o666) & ~umask)
 
 
 def resolve_formats(recipe: Recipe, opts: QuantizeOptions) -> list[str]:

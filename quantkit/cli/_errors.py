@@ -1,6 +1,11 @@
 """The one error boundary: every exception leaving a command becomes one line on stderr plus
 the next step, and an exit code CI can gate on. Tracebacks only with --debug (or
-QUANTKIT_DEBUG=1)."""
+QUANTKIT_DEBUG=1).
+
+Interruptions: Ctrl-C (SIGINT) exits 130; SIGTERM (a cancelled CI job, `kill`) and SIGHUP (a
+closed terminal) are turned into exceptions for the command's duration (quantkit.interrupts), so
+engines are stopped and partial outputs removed exactly as for Ctrl-C, and exit 128 + signal:
+143 and 129."""
 
 from __future__ import annotations
 
@@ -11,6 +16,7 @@ from typing import Callable
 import typer
 
 from quantkit.errors import QuantkitError
+from quantkit.interrupts import Terminated, signals_as_exceptions
 
 __all__ = ["run_with_boundary", "EXIT_USAGE", "EXIT_INTERRUPTED"]
 
@@ -26,16 +32,24 @@ def _say(msg: str, hint: str | None = None) -> None:
     line = f"error: {msg}"
     if hint:
         line += f" -> {hint}"
-    print(line, file=sys.stderr)
+    try:
+        print(line, file=sys.stderr)
+    except OSError:  # stderr was a terminal that is gone (SIGHUP): the exit code still tells
+        pass
 
 
 def run_with_boundary(command, argv: list[str]) -> int:
     debug = _debug(argv)
     try:
-        result = command.main(args=argv, prog_name="quantkit", standalone_mode=False)
+        with signals_as_exceptions():
+            result = command.main(args=argv, prog_name="quantkit", standalone_mode=False)
         if result == EXIT_INTERRUPTED:  # typer turns KeyboardInterrupt into Exit(130)
             _say("interrupted", "nothing was written to the output path; run the command again")
         return result if isinstance(result, int) else 0
+    except Terminated as exc:  # SIGTERM / SIGHUP, after every engine and partial output is cleaned up
+        _say(f"interrupted by {exc.signame}", "engines were stopped and nothing was written to the output path; "
+             "run the command again")
+        return exc.exit_code
     except QuantkitError as exc:
         if debug:
             raise
