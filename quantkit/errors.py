@@ -5,6 +5,7 @@ from __future__ import annotations
 
 __all__ = [
     "QuantkitError",
+    "UsageError",
     "RecipeError",
     "ModelSourceError",
     "PatternError",
@@ -35,7 +36,14 @@ class QuantkitError(Exception):
         return self.message
 
 
-class RecipeError(QuantkitError):
+class UsageError(QuantkitError):
+    """Bad input that is not a recipe: a data file (probe suite, knowledge bank, engine profile), a
+    command-line value, a missing environment."""
+
+    exit_code = 3
+
+
+class RecipeError(UsageError):
     """A recipe could not be found, parsed or validated."""
 
     exit_code = 3

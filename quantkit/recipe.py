@@ -11,9 +11,9 @@ import re
 from pathlib import Path
 from typing import Literal
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from quantkit.datafile import load_yaml_model
 from quantkit.errors import PatternError, RecipeError
 from quantkit.patterns import Pattern
 from quantkit.resources import data_dir
@@ -178,56 +178,12 @@ def shipped_recipes() -> dict[str, Path]:
     return {p.stem: p for p in sorted(root.glob("*.yaml"))}
 
 
-def _line_of(text: str, loc: tuple) -> int | None:
-    """Best-effort line number of a pydantic error location in the YAML text."""
-    node = yaml.compose(text)
-    line = None
-    for key in loc:
-        if node is None:
-            break
-        if isinstance(node, yaml.MappingNode):
-            nxt = None
-            for k, v in node.value:
-                if k.value == key:
-                    line, nxt = k.start_mark.line + 1, v
-                    break
-            node = nxt
-        elif isinstance(node, yaml.SequenceNode) and isinstance(key, int) and key < len(node.value):
-            node = node.value[key]
-            line = node.start_mark.line + 1
-        else:
-            break
-    return line
-
-
 def load_recipe(path: str | Path) -> Recipe:
     """Load and validate one recipe file. Errors name the file and line."""
     path = Path(path)
     if not path.is_file():
         raise RecipeError(f"recipe file not found: {path}", hint="check the path, or run `quantkit recipes`")
-    text = path.read_text(encoding="utf-8")
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f"{path}:{mark.line + 1}" if mark else str(path)
-        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
-        raise RecipeError(f"{where}: invalid YAML: {problem}", hint="fix the YAML syntax at that line") from exc
-    if not isinstance(data, dict):
-        raise RecipeError(f"{path}: a recipe must be a YAML mapping", hint="see docs/recipes.md for the schema")
-    try:
-        return Recipe.model_validate(data)
-    except ValidationError as exc:
-        err = exc.errors()[0]
-        loc = tuple(err["loc"])
-        line = _line_of(text, loc)
-        where = f"{path}:{line}" if line else str(path)
-        field = ".".join(str(x) for x in loc) or "(top level)"
-        msg = err["msg"].removeprefix("Value error, ")
-        if err["type"] == "extra_forbidden":
-            msg = "unknown key"
-        more = f" (+{len(exc.errors()) - 1} more)" if len(exc.errors()) > 1 else ""
-        raise RecipeError(f"{where}: {field}: {msg}{more}", hint="see docs/recipes.md for the schema") from exc
+    return load_yaml_model(path, Recipe, "recipe", error=RecipeError, hint="see docs/recipes.md for the schema")
 
 
 def _adhoc(source: str) -> Recipe:
