@@ -5,7 +5,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
 V=.venv-vllm
-if [ -x $V/bin/python ] && $V/bin/python -c "import vllm, quantkit_vllm_cpu_nvfp4" 2>/dev/null; then
+if [ -x $V/bin/python ] && $V/bin/python -c "import vllm" 2>/dev/null; then
+  # the plugin is quantkit's own code: reinstall it every time (seconds) so an older copy never lingers
+  $V/bin/pip install -q --no-deps --force-reinstall ./plugins/vllm_cpu_nvfp4
   echo "[setup-vllm] ok: $($V/bin/python -c 'import vllm; print("vllm", vllm.__version__)')"
   exit 0
 fi
