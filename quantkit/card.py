@@ -70,9 +70,17 @@ def build_card(*, repo: str, fmt: str, manifest: dict, validation: dict | None, 
                   f"{validation.get('created')}."]
         if ppl:
             lines.append(f"Reference perplexity {ppl.get('perplexity'):.2f}" +
-                         (f" (BF16 baseline {base['perplexity']:.2f})" if base else "") + ".")
+                         (f" (BF16 baseline {base['perplexity']:.2f})" if base.get("perplexity") else "") + ".")
+        if not base:
+            lines.append("Judged without a BF16 baseline: hard detectors and absolute ceilings only.")
         if v.get("note"):
             lines += ["", f"> {v['note']}"]
+        checks = [c for c in v.get("checks", []) if c.get("passed") is not None]
+        if checks:
+            lines += ["", "| check | value | threshold | margin |", "|---|---|---|---|"]
+            for c in checks:
+                op = "<=" if c["direction"] == "max" else ">="
+                lines.append(f"| {c['name']} | {c['value']} | {op} {c['threshold']} | {c['margin']:+g} |")
         lines += ["", "| probe | passed | output |", "|---|---|---|"]
         for p in v.get("probes", []):
             out = p["text"].strip().replace("\n", " ").replace("|", "\\|")[:80]

@@ -1,44 +1,46 @@
-"""The validation judge: serve each artefact in a real engine and gate on real completions.
+"""The validation gate: serve each artefact in a real engine, measure it, and judge it against its
+baseline (the BF16 source served by the same engine).
 
-inspect (headers) -> engine (profile, flags from the checkpoint's metadata) -> probes
-(detectors + expected answers) -> reference perplexity (optionally against a baseline) ->
-log scan -> verdict. Exit codes: 0 pass, 1 sanity failure, 2 engine failure, 3 usage error."""
+inspect (headers) -> each candidate served and measured (greedy probes, knowledge, perplexity, long
+generations) -> the baseline served once (its own measurements + its log-likelihood of every
+candidate's long generations; cached by content hash) -> checks and verdicts. Without a baseline only
+the hard detectors and absolute ceilings judge, and every verdict says so. Exit codes: 0 pass,
+1 a failed check, 2 engine failure, 3 usage error."""
 
 from __future__ import annotations
 
-import contextlib
 import datetime as _dt
+import hashlib
 import json
-import re
-import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from quantkit import __version__
 from quantkit.checkpoint.formats import format_of
-from quantkit.checkpoint.manifest import content_hash, file_hashes
-from quantkit.engines.profiles import EngineProfile, engine_python, get_profile
-from quantkit.engines.server import EngineServer, free_port, log_tail
-from quantkit.errors import EngineError, RecipeError
-from quantkit.probes.logscan import scan_log
-from quantkit.probes.perplexity import engine_perplexity
-from quantkit.probes.suites import Suite, load_suite, run_probe
+from quantkit.checkpoint.manifest import content_hash, file_hashes, read_manifest
+from quantkit.engines.profiles import get_profile
+from quantkit.errors import EngineError, UsageError
+from quantkit.judge import judge_checks
+from quantkit.measure import ServeSpec, measure
+from quantkit.probes.suites import Suite, load_suite
 from quantkit.progress import SILENT, Reporter
 from quantkit.report import ValidationReport, Verdict
 from quantkit.resources import cache_root
 
-__all__ = ["ValidateOptions", "validate", "checkpoint_hash"]
+__all__ = ["ValidateOptions", "validate", "rejudge", "checkpoint_hash", "resolve_baseline", "NO_BASELINE"]
 
-SERVED_NAME = "quantkit-under-test"
 CPU_NOTE = ("validated on CPU with vLLM's NVFP4 loaders and quantkit's emulation kernel (W4A4 numerics): "
             "this checks the artefact's tensors and metadata and vLLM's loading of them, not Blackwell kernels")
+NO_BASELINE = ("judged without a baseline: hard detectors and absolute ceilings only (pass --baseline DIR, "
+               "or validate a checkpoint whose quantkit.json names a local source, to compare against BF16)")
 
 
 @dataclass
 class ValidateOptions:
     engine: str = "vllm-cpu"
     suite: str = "smoke"
-    baseline: str | None = None
+    baseline: str | None = None   # BF16 checkpoint to judge against; default: the manifest's local source
+    no_baseline: bool = False     # judge without one even when the manifest names it
     url: str | None = None
     engine_python: str | None = None
     timeout: float = 600.0
@@ -47,8 +49,11 @@ class ValidateOptions:
     extra_args: list[str] = field(default_factory=list)
     log_dir: Path = Path("reports")
     skip_inspect: bool = False
-    skip_perplexity: bool = False
     max_ppl_ratio: float | None = None  # overrides the suite's perplexity max_ratio (recipe validate.max_ppl_ratio)
+
+    def serve_spec(self) -> ServeSpec:
+        return ServeSpec(get_profile(self.engine), self.url, self.engine_python, self.timeout, self.max_model_len,
+                         self.moe_marlin, tuple(self.extra_args))
 
 
 def checkpoint_hash(path: Path) -> str:
@@ -65,10 +70,6 @@ def _local(target: str) -> Path | None:
     return local_checkpoint(target)  # a Hub id: snapshot_download (raises a one-line error offline)
 
 
-def _format_of(path: Path | None) -> str:
-    return format_of(path) if path is not None else "unknown"
-
-
 def has_chat_template(path: Path | None) -> bool:
     """Whether the checkpoint's tokenizer can render chats (base models often cannot); unknown
     for a remote endpoint, where chat probes are tried."""
@@ -81,168 +82,180 @@ def has_chat_template(path: Path | None) -> bool:
 
 
 def _inspect_errors(path: Path) -> list[str]:
-    try:
-        from quantkit.inspect import inspect_checkpoint
-    except ImportError:  # inspect not installed in this build
-        return []
+    from quantkit.inspect import inspect_checkpoint
+
     rep = inspect_checkpoint(str(path))
     return [f"{getattr(e, 'code', 'error')}: {getattr(e, 'message', str(e))}" for e in rep.errors]
 
 
-def _serve(profile: EngineProfile, opts: ValidateOptions, path: Path | None, fmt: str, log: Path):
-    if profile.is_endpoint:
-        if not opts.url:
-            raise RecipeError("--engine endpoint needs --url", hint="e.g. --url http://spark:8000")
+def resolve_baseline(path: Path | None, opts: ValidateOptions) -> Path | None:
+    """--baseline, else the local source recorded in the candidate's quantkit.json, else None."""
+    if opts.no_baseline:
         return None
-    port = free_port()
-    py = engine_python(profile, opts.engine_python)
-    argv = profile.argv(model=path, name=SERVED_NAME, port=port, max_model_len=opts.max_model_len,
-                        fmt=fmt if fmt in ("modelopt", "compressed-tensors") else None, python=py,
-                        extra=opts.extra_args, moe_marlin=opts.moe_marlin)
-    return EngineServer(argv, profile.env, log, port, ready_timeout=opts.timeout)
+    if opts.baseline:
+        base = _local(opts.baseline)
+        if base is None or not (base / "config.json").is_file():
+            raise UsageError(f"baseline {opts.baseline} is not a checkpoint directory", hint="pass a BF16 checkpoint")
+        return base
+    src = ((read_manifest(path) or {}).get("source") or {}).get("local_path") if path else None
+    return Path(src) if src and (Path(src) / "config.json").is_file() else None
 
 
-def _baseline_ppl(opts: ValidateOptions, profile: EngineProfile, suite: Suite, reporter: Reporter) -> dict | None:
-    """Perplexity of the baseline (BF16) checkpoint, cached by its content hash."""
-    if not opts.baseline or suite.perplexity is None:
-        return None
-    path = _local(opts.baseline)
-    h = checkpoint_hash(path)
-    cache = cache_root() / "perplexity" / f"{h.replace(':', '-')}-{suite.name}-{opts.engine}.json"
-    if cache.is_file():
-        return json.loads(cache.read_text())
-    reporter.stage("baseline", f"serving {opts.baseline} for its perplexity")
-    server = _serve(profile, opts, path, _format_of(path), opts.log_dir / "baseline.engine.log")
-    with server as client:
-        client.model = SERVED_NAME
-        res = engine_perplexity(client, suite.reference_text(), suite.perplexity.max_tokens_per_request)
-    res.update(target=opts.baseline, content_hash=h)
+def _suite(opts: ValidateOptions) -> Suite:
+    suite = load_suite(opts.suite)
+    if opts.max_ppl_ratio and suite.perplexity:
+        why = f"the recipe's validate.max_ppl_ratio ({opts.max_ppl_ratio:g}) replaces the suite's {suite.perplexity.max_ratio:g}"
+        suite.perplexity = suite.perplexity.model_copy(update={"max_ratio": opts.max_ppl_ratio, "why_max_ratio": why})
+    return suite
+
+
+def _slug(target: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in target.strip("/").split("/")[-1])[:60]
+
+
+def _verdict(target: str, path: Path | None, opts: ValidateOptions, role: str = "candidate") -> Verdict:
+    profile = get_profile(opts.engine)
+    return Verdict(target=target, path=str(path) if path else None,
+                   content_hash=checkpoint_hash(path) if path else None,
+                   format=format_of(path) if path is not None else "unknown", engine=profile.name, role=role,
+                   note=CPU_NOTE if profile.cpu_only else None)
+
+
+def _probes(suite: Suite, path: Path | None, v: Verdict) -> list:
+    if has_chat_template(path):
+        return suite.probes
+    todo = [p for p in suite.probes if p.kind != "chat"]
+    v.warnings.append(f"{len(suite.probes) - len(todo)} chat probes skipped: the checkpoint has no chat template "
+                      "(a base model)")
+    return todo
+
+
+def _candidate(target: str, opts: ValidateOptions, suite: Suite, reporter: Reporter) -> tuple[Verdict, Path | None]:
+    profile = get_profile(opts.engine)
+    path = None if profile.is_endpoint and not Path(target).is_dir() else _local(target)
+    v = _verdict(target, path, opts)
+    if path is not None and not opts.skip_inspect:
+        errors = _inspect_errors(path)
+        if errors:
+            v.reasons += ["inspect found errors; not booting an engine (use --skip-inspect to try anyway)", *errors]
+            v.verdict = "refused"
+            return v, path
+    measure(v, path, opts.serve_spec(), suite, _probes(suite, path, v), opts.log_dir / f"{_slug(target)}.engine.log",
+            reporter=reporter)
+    return v, path
+
+
+def _text_key(prompt: str, text: str) -> str:
+    return hashlib.sha256(f"{prompt}\x00{text}".encode()).hexdigest()[:24]
+
+
+def _baseline(path: Path, opts: ValidateOptions, suite: Suite, pairs: list[tuple[str, str]],
+              reporter: Reporter) -> tuple[Verdict, dict[str, float | None]]:
+    """The baseline's measurements and its nll/token of each (prompt, text) in `pairs`. Cached by
+    content hash, suite fingerprint and engine; the engine boots only for what is not cached."""
+    v = _verdict(str(path), path, opts, role="baseline")
+    stem = f"{v.content_hash.replace(':', '-')}-{suite.fingerprint()}-{opts.engine}"
+    cache, cross_cache = cache_root() / "baselines" / f"{stem}.json", cache_root() / "baselines" / f"{stem}-cross.json"
+    cross: dict[str, float | None] = json.loads(cross_cache.read_text()) if cross_cache.is_file() else {}
+    missing = [p for p in pairs if _text_key(*p) not in cross]
+    if cache.is_file() and not missing:
+        cached = Verdict(**json.loads(cache.read_text()))
+        cached.warnings.append("baseline measurements from the cache (same content hash, suite and engine)")
+        return cached, cross
+    reporter.stage("baseline", f"serving {path} once for {len(pairs)} candidate generations")
+    scored = measure(v, path, opts.serve_spec(), suite, _probes(suite, path, v),
+                     opts.log_dir / "baseline.engine.log", score=missing, reporter=reporter)
+    if v.verdict == "engine-error":
+        raise EngineError(f"baseline {path}: {v.reasons[0]}", hint=f"see {v.log_path}")
+    cross.update({_text_key(*p): r["nll_per_token"] for p, r in zip(missing, scored)})
     cache.parent.mkdir(parents=True, exist_ok=True)
-    cache.write_text(json.dumps(res))
-    return res
+    cache.write_text(json.dumps(asdict(v), default=str))
+    cross_cache.write_text(json.dumps(cross))
+    return v, cross
 
 
-_ERROR_LINE = re.compile(r"(\w+(?:Error|Exception)): (.+)")
+def _measurements(v: Verdict) -> dict:
+    return {"perplexity": v.perplexity, "knowledge": v.knowledge, "long": v.long}
 
 
-def _root_cause(message: str, log: Path) -> str:
-    """First line of the engine error plus the root-cause exception from its log, if any."""
-    first = message.splitlines()[0]
-    causes = [m for m in _ERROR_LINE.findall(log_tail(log, 400)) if "initialization failed" not in m[1]]
-    if causes:
-        kind, text = causes[-1]
-        return f"{first.rstrip(': ;')}: {kind}: {text.strip()[:300]}"
-    return first
-
-
-def _judge(v: Verdict, suite: Suite, probes: list, ppl: dict | None, base: dict | None, scan: dict,
-           max_ratio: float | None = None) -> None:
-    for p in probes:
-        for det, why in p.failures.items():
-            v.fail(f"probe {p.id}: {det}: {why}")
-    with_exp = [p for p in probes if p.expected is not None]
-    if with_exp:
-        ok = sum(p.expected for p in with_exp)
-        if ok / len(with_exp) < suite.min_expected_pass:
-            v.fail(f"expected answers: {ok}/{len(with_exp)} correct, need {suite.min_expected_pass:.0%} "
-                   f"(missed: {', '.join(p.id for p in with_exp if not p.expected)})")
-    if ppl and suite.perplexity:
-        if ppl["perplexity"] > suite.perplexity.max_perplexity:
-            v.fail(f"reference perplexity {ppl['perplexity']:.1f} > {suite.perplexity.max_perplexity:g}: fluent garbage "
-                   "or broken weights")
-        limit = max_ratio or suite.perplexity.max_ratio
-        if base and ppl["perplexity"] / base["perplexity"] > limit:
-            v.fail(f"reference perplexity {ppl['perplexity']:.1f} is x{ppl['perplexity'] / base['perplexity']:.2f} "
-                   f"the baseline's {base['perplexity']:.1f} (limit x{limit:g})")
-    for f in scan["findings"]:
+def _finish(v: Verdict, suite: Suite, base: Verdict | None) -> None:
+    """The verdict: hard detectors (probes, long generations), the suite's checks, the engine log."""
+    if v.verdict in ("refused", "engine-error"):
+        return
+    for u in v.unmeasured:
+        v.fail(u)
+    for p in v.probes:
+        for det, why in p["failures"].items():
+            v.fail(f"probe {p['id']}: {det}: {why}")
+    for g in v.long or []:
+        for det, why in g["failures"].items():
+            v.fail(f"long generation {g['id']}: {det}: {why}")
+    checks = judge_checks(suite, _measurements(v), _measurements(base) if base else None)
+    v.checks = [c.to_dict() for c in checks]
+    for c in checks:
+        if c.passed is False:
+            v.fail(c.summary())
+    if base is None and v.role == "candidate":
+        v.warnings.append(NO_BASELINE)
+    elif base is not None:
+        v.baseline = {"target": base.target, "content_hash": base.content_hash,
+                      "perplexity": (base.perplexity or {}).get("perplexity"),
+                      "knowledge_accuracy": (base.knowledge or {}).get("accuracy")}
+    expected = [p for p in v.probes if p["expected"] is not None]
+    if expected:
+        line = f"greedy expected answers (informational, not gated): {sum(p['expected'] for p in expected)}/{len(expected)}"
+        if base is not None and base.probes:
+            bexp = [p for p in base.probes if p["expected"] is not None]
+            line += f"; baseline {sum(p['expected'] for p in bexp)}/{len(bexp)}"
+        v.info.append(line)
+    for f in (v.logscan or {}).get("findings", []):
         msg = f"engine log: {f['name']}: {f['why']} ({f['line']!r})"
         (v.fail(msg) if f["severity"] == "error" else v.warnings.append(msg))
 
 
-def validate_one(target: str, opts: ValidateOptions, suite: Suite, profile: EngineProfile,
-                 base: dict | None, reporter: Reporter = SILENT) -> Verdict:
-    t0 = time.perf_counter()
-    path = None if profile.is_endpoint and not Path(target).is_dir() else _local(target)
-    fmt = _format_of(path)
-    v = Verdict(target=target, path=str(path) if path else None,
-                content_hash=checkpoint_hash(path) if path else None, format=fmt, engine=profile.name,
-                note=CPU_NOTE if profile.cpu_only else None)
-    if path is not None and not opts.skip_inspect:
-        errors = _inspect_errors(path)
-        if errors:
-            v.reasons += errors
-            v.verdict = "refused"
-            v.reasons.insert(0, "inspect found errors; not booting an engine (use --skip-inspect to try anyway)")
-            v.timings["total"] = round(time.perf_counter() - t0, 2)
-            return v
-    slug = "".join(c if c.isalnum() or c in "-_." else "_" for c in target.strip("/").split("/")[-1])[:60]
-    log = opts.log_dir / f"{slug}.engine.log"
-    v.log_path = str(log)
-    server = _serve(profile, opts, path, fmt, log)
-    probes: list = []
-    ppl = None
-    try:
-        with contextlib.ExitStack() as stack:  # tears the engine's process group down on any exit
-            if server is None:
-                from quantkit.engines.client import Client
-
-                client = Client(opts.url)
-                if not client.healthy():
-                    raise EngineError(f"no healthy server at {opts.url}/health", hint="check --url")
-            else:
-                v.engine_command = server.argv
-                reporter.stage(f"boot [{profile.name}]", target)
-                client = stack.enter_context(server)
-                client.model = SERVED_NAME
-                v.timings["boot"] = server.boot_seconds
-            todo = suite.probes
-            if not has_chat_template(path):
-                todo = [p for p in suite.probes if p.kind != "chat"]
-                v.warnings.append(f"{len(suite.probes) - len(todo)} chat probes skipped: the checkpoint has no chat "
-                                  "template (a base model)")
-            reporter.stage("probes", f"{len(todo)} probes")
-            t1 = time.perf_counter()
-            for i, probe in enumerate(todo):
-                probes.append(run_probe(client, probe))
-                reporter.advance("probes", i + 1, len(todo))
-            v.timings["probes"] = round(time.perf_counter() - t1, 2)
-            if suite.perplexity and not opts.skip_perplexity:
-                reporter.stage("perplexity", suite.perplexity.text)
-                t2 = time.perf_counter()
-                try:
-                    ppl = engine_perplexity(client, suite.reference_text(), suite.perplexity.max_tokens_per_request)
-                except EngineError as exc:
-                    if server is not None and not server.alive():
-                        raise
-                    # the engine answered, but not with numbers: NaN/inf logprobs are a sanity failure
-                    v.fail(f"reference perplexity could not be computed: {exc.message[:200]}")
-                v.timings["perplexity"] = round(time.perf_counter() - t2, 2)
-            if server is not None and not server.alive():
-                raise EngineError("engine died during probing", hint=f"see {log}")
-    except EngineError as exc:
-        v.probes = [p.to_dict() for p in probes]
-        v.fail(_root_cause(exc.message, log), kind="engine-error")
-        v.log_tail = log_tail(log)
-        v.timings["total"] = round(time.perf_counter() - t0, 2)
-        return v
-    v.probes = [p.to_dict() for p in probes]
-    v.perplexity, v.baseline = ppl, base
-    v.logscan = scan_log(log) if server is not None else {"facts": {}, "findings": []}
-    _judge(v, suite, probes, ppl, base, v.logscan, opts.max_ppl_ratio)
-    v.timings["total"] = round(time.perf_counter() - t0, 2)
-    return v
-
-
-def validate(targets: list[str], opts: ValidateOptions, reporter: Reporter = SILENT,
-             baseline: dict | None = None) -> ValidationReport:
-    """Validate each target; `baseline` (a perplexity result) overrides serving opts.baseline."""
-    suite = load_suite(opts.suite)
-    profile = get_profile(opts.engine)
+def validate(targets: list[str], opts: ValidateOptions, reporter: Reporter = SILENT) -> ValidationReport:
+    """Measure every target, then each distinct baseline once, then judge."""
+    suite = _suite(opts)
     opts.log_dir.mkdir(parents=True, exist_ok=True)
-    try:
-        base = baseline or _baseline_ppl(opts, profile, suite, reporter)
-    except EngineError as exc:
-        raise EngineError(f"baseline: {exc.message}", hint=exc.hint) from exc
-    verdicts = [validate_one(t, opts, suite, profile, base, reporter) for t in targets]
-    return ValidationReport(verdicts, suite.name, _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-                            __version__)
+    cands = [_candidate(t, opts, suite, reporter) for t in targets]
+    groups: dict[Path, list[Verdict]] = {}
+    for v, path in cands:
+        if v.verdict not in ("refused", "engine-error") and (b := resolve_baseline(path, opts)) is not None:
+            groups.setdefault(b.resolve(), []).append(v)
+    bases: dict[int, Verdict] = {}
+    base_verdicts = []
+    for bpath, members in groups.items():
+        pairs = [(g["prompt"], g["text"]) for v in members for g in v.long or [] if g["text"].strip()]
+        bv, cross = _baseline(bpath, opts, suite, pairs, reporter)
+        _finish(bv, suite, None)
+        base_verdicts.append(bv)
+        for v in members:
+            for g in v.long or []:
+                g["baseline_nll"] = cross.get(_text_key(g["prompt"], g["text"])) if g["text"].strip() else None
+            bases[id(v)] = bv
+    for v, _ in cands:
+        _finish(v, suite, bases.get(id(v)))
+    return ValidationReport([v for v, _ in cands], suite.name, _dt.datetime.now(_dt.timezone.utc).isoformat(
+        timespec="seconds"), __version__, baselines=base_verdicts, alpha=suite.alpha)
+
+
+def rejudge(data: dict, suite: str | None = None) -> ValidationReport:
+    """The verdicts a (changed) suite gives to the measurements stored in a validation report's JSON,
+    without serving anything: measurements are deterministic, judging is a pure function of them."""
+    s = load_suite(suite or data["suite"])
+    judged = ("pass", "fail")
+
+    def fresh(d: dict) -> Verdict:
+        keep = d["verdict"] not in judged
+        return Verdict(**{**d, "verdict": d["verdict"] if keep else "pass", "reasons": d["reasons"] if keep else [],
+                          "checks": [], "info": [], "baseline": None,
+                          "warnings": [w for w in d["warnings"] if w != NO_BASELINE]})
+    bases = {b["content_hash"]: fresh(b) for b in data.get("baselines", [])}
+    for b in bases.values():
+        _finish(b, s, None)
+    verdicts = []
+    for d in data["verdicts"]:
+        v = fresh(d)
+        _finish(v, s, bases.get((d.get("baseline") or {}).get("content_hash")))
+        verdicts.append(v)
+    return ValidationReport(verdicts, s.name, data["created"], __version__, baselines=list(bases.values()), alpha=s.alpha)

@@ -16,7 +16,7 @@ from pathlib import Path
 from quantkit.progress import SILENT, Reporter
 from quantkit.quantize import QuantizeOptions, VariantResult, quantize
 from quantkit.recipe import Recipe
-from quantkit.report import ValidationReport, write_reports
+from quantkit.report import EXIT, ValidationReport, write_reports
 from quantkit.validate import ValidateOptions, validate
 
 __all__ = ["Comparison", "variants", "comparison_rows"]
@@ -27,33 +27,50 @@ class Comparison:
     recipe: str
     out: Path
     quantized: list[VariantResult]
-    bf16: ValidationReport
-    validation: ValidationReport
+    validation: ValidationReport  # the variants, judged against the BF16 baseline in .baselines
+
+    @property
+    def bf16(self):
+        return self.validation.baselines[0] if self.validation.baselines else None
 
     @property
     def exit_code(self) -> int:
-        return self.validation.exit_code
+        worst = self.validation.exit_code
+        return max(worst, EXIT[self.bf16.verdict]) if self.bf16 else worst
+
+
+def _measured(v) -> dict:
+    """The headline measurements and every check's value and margin, for one verdict."""
+    if v is None:
+        return {"verdict": "not validated", "perplexity": None, "knowledge_accuracy": None, "checks": {},
+                "probes": [], "long": []}
+    return {"verdict": v.verdict, "perplexity": (v.perplexity or {}).get("perplexity"),
+            "knowledge_accuracy": (v.knowledge or {}).get("accuracy"),
+            "knowledge_margin": (v.knowledge or {}).get("mean_margin"),
+            "checks": {c["name"]: {k: c[k] for k in ("value", "bound", "threshold", "margin", "passed")}
+                       for c in v.checks},
+            "probes": v.probes, "long": v.long or [], "reasons": v.reasons}
 
 
 def comparison_rows(cmp: Comparison) -> list[dict]:
-    b = cmp.bf16.verdicts[0]
-    base_ppl = (b.perplexity or {}).get("perplexity")
+    b = cmp.bf16
+    base_ppl = (b.perplexity or {}).get("perplexity") if b else None
     src = cmp.quantized[0]
     total_params = src.manifest["plan"]["total_params"]
-    rows = [{"variant": "bf16", "format": "bf16", "path": b.path, "size_bytes": src.source_bytes,
+    rows = [{"variant": "bf16", "format": "bf16", "path": b.path if b else None, "size_bytes": src.source_bytes,
              "bits_per_param": round(8 * src.source_bytes / total_params, 2), "fp4": 0, "kept": None,
-             "verdict": b.verdict, "perplexity": base_ppl, "ppl_ratio": 1.0 if base_ppl else None,
-             "timings": b.timings, "peak_rss_bytes": None, "probes": b.probes}]
+             **_measured(b), "ppl_ratio": 1.0 if base_ppl else None, "timings": b.timings if b else {},
+             "peak_rss_bytes": None}]
     by_path = {v.path: v for v in cmp.validation.verdicts}
     for r in cmp.quantized:
         v = by_path.get(str(r.path))
-        ppl = (v.perplexity or {}).get("perplexity") if v else None
+        m = _measured(v)
         rows.append({"variant": r.path.name, "format": r.format, "path": str(r.path), "size_bytes": r.size_bytes,
                      "bits_per_param": round(8 * r.size_bytes / total_params, 2), "fp4": r.fp4_modules,
-                     "kept": r.kept_modules, "verdict": v.verdict if v else "not validated", "perplexity": ppl,
-                     "ppl_ratio": round(ppl / base_ppl, 3) if ppl and base_ppl else None,
+                     "kept": r.kept_modules, **m,
+                     "ppl_ratio": round(m["perplexity"] / base_ppl, 3) if m["perplexity"] and base_ppl else None,
                      "timings": {**r.timings, **{f"validate_{k}": t for k, t in (v.timings if v else {}).items()}},
-                     "peak_rss_bytes": r.peak_rss_bytes, "probes": v.probes if v else []})
+                     "peak_rss_bytes": r.peak_rss_bytes})
     return rows
 
 
@@ -71,6 +88,23 @@ def _md(cmp: Comparison, rows: list[dict]) -> str:
                      f"{r['perplexity'] if r['perplexity'] is not None else '—'} | "
                      f"{'x' + str(r['ppl_ratio']) if r['ppl_ratio'] else '—'} | {t.get('calibrate', '—')} | "
                      f"{t.get('export', '—')} | {t.get('validate_total', t.get('total', '—'))} | {mb(r['peak_rss_bytes'])} |")
+    names = [n for r in rows[1:] for n in r["checks"]]
+    checks = list(dict.fromkeys(names))
+    if checks:
+        lines += ["", "## Checks against the BF16 baseline (value / margin to the threshold; + is the passing side)", "",
+                  "| check | threshold | " + " | ".join(r["variant"] for r in rows) + " |",
+                  "|---|---|" + "---|" * len(rows)]
+        for name in checks:
+            c0 = next(r["checks"][name] for r in rows[1:] if name in r["checks"])
+            cells = []
+            for r in rows:
+                c = r["checks"].get(name)
+                if c is None or c["passed"] is None:
+                    cells.append("—")
+                else:
+                    cells.append(f"{c['value']} / {c['margin']:+g}" + ("" if c["passed"] else " **FAIL**"))
+            lines.append(f"| {name} | {c0['threshold']} | " + " | ".join(cells) + " |")
+        lines.append("| knowledge accuracy | | " + " | ".join(str(r.get("knowledge_accuracy") or "—") for r in rows) + " |")
     probes = [p["id"] for p in rows[0]["probes"]] or [p["id"] for p in rows[-1]["probes"]]
     lines += ["", "## Probe outputs side by side", "", "| probe | " + " | ".join(r["variant"] for r in rows) + " |",
               "|---|" + "---|" * len(rows)]
@@ -81,8 +115,20 @@ def _md(cmp: Comparison, rows: list[dict]) -> str:
             text = (p["text"].strip().replace("\n", " ").replace("|", "\\|")[:60] or "(blank)") if p else "—"
             cells.append(text if not p or p["passed"] else f"**FAIL** {text}")
         lines.append(f"| {pid} | " + " | ".join(cells) + " |")
+    longs = [g["id"] for g in rows[0]["long"]] or [g["id"] for g in rows[-1]["long"]]
+    if longs:
+        lines += ["", "## Long generations (repetition of word 4-grams; baseline nll/token)", "",
+                  "| prompt | " + " | ".join(r["variant"] for r in rows) + " |", "|---|" + "---|" * len(rows)]
+        for gid in longs:
+            cells = []
+            for r in rows:
+                g = next((g for g in r["long"] if g["id"] == gid), None)
+                cells.append(f"{g['repetition']} / {g.get('baseline_nll')}: "
+                             + (g["text"].strip().replace("\n", " ").replace("|", "\\|")[:50] or "(blank)") if g else "—")
+            lines.append(f"| {gid} | " + " | ".join(cells) + " |")
     lines += ["", "Perplexity: `validate/reference/en-heldout.txt` scored through the engine "
-              "(/v1/completions echo + logprobs). Times in seconds."]
+              "(/v1/completions echo + logprobs); knowledge: `validate/knowledge/en-basic.yaml`, teacher-forced. "
+              "Times in seconds."]
     return "\n".join(lines) + "\n"
 
 
@@ -105,11 +151,13 @@ def _bars(title: str, items: list[tuple[str, float]], unit: str) -> str:
 def _html(cmp: Comparison, rows: list[dict], md: str) -> str:
     ppl = [(r["variant"], r["perplexity"]) for r in rows if r["perplexity"]]
     size = [(r["variant"], r["size_bytes"] / 1e6) for r in rows]
+    acc = [(r["variant"], r["knowledge_accuracy"]) for r in rows if r.get("knowledge_accuracy") is not None]
     bits = [(r["variant"], r["bits_per_param"]) for r in rows]
     return ("<!doctype html><meta charset=utf-8><title>" + html.escape(cmp.recipe) + " NVFP4 variants</title>"
             "<body style='font-family:sans-serif;max-width:980px;margin:2em auto'>"
             f"<h1>{html.escape(cmp.recipe)}: NVFP4 variants</h1>"
             + _bars("Reference perplexity (lower is better)", ppl, "") + "<br>"
+            + (_bars("Knowledge accuracy, teacher-forced (higher is better)", acc, "") + "<br>" if acc else "")
             + _bars("Checkpoint size", size, "MB") + "<br>" + _bars("Bits per parameter", bits, "")
             + "<h2>Details</h2><pre style='white-space:pre-wrap'>" + html.escape(md) + "</pre></body>")
 
@@ -122,12 +170,10 @@ def variants(recipe: Recipe, qopts: QuantizeOptions, vopts: ValidateOptions,
     results = quantize(recipe, qopts, reporter)
     source = Path(results[0].manifest["source"]["local_path"])
     vopts.log_dir = out / "validation"
-    bf16 = validate([str(source)], vopts, reporter)
-    b = bf16.verdicts[0]
-    base = {**b.perplexity, "target": "bf16", "content_hash": b.content_hash} if b.perplexity else None
-    report = validate([str(r.path) for r in results], vopts, reporter, baseline=base)
+    vopts.baseline, vopts.no_baseline = str(source), False  # served once, after the variants
+    report = validate([str(r.path) for r in results], vopts, reporter)
     write_reports(report, out / "validation" / "validation.json", out / "validation" / "validation.md", None)
-    cmp = Comparison(recipe.name, out, results, bf16, report)
+    cmp = Comparison(recipe.name, out, results, report)
     rows = comparison_rows(cmp)
     md = _md(cmp, rows)
     (out / "comparison.json").write_text(json.dumps({"recipe": recipe.name, "rows": rows}, indent=2, default=str))

@@ -1,5 +1,9 @@
 """Deliberately broken copies of a good NVFP4 checkpoint, one per failure class users have met.
-Each returns the broken copy's path; validation must fail each with the right reason."""
+Each returns the broken copy's path; validation must fail each with the right reason.
+
+The loud ones (NaN scales, scrambled codes, wrong metadata) break every layer. The subtle ones
+break one tensor of one layer and load and answer fluently: the gate has to see them in the numbers
+(perplexity ratio, knowledge retained, long-generation drift), not in the text."""
 
 from __future__ import annotations
 
@@ -17,6 +21,62 @@ def _copy(src: Path, dst: Path) -> Path:
     shutil.copytree(src, dst)
     (dst / "quantkit.json").unlink(missing_ok=True)  # the manifest no longer describes it
     return dst
+
+
+# One format's tensor names for each role of an NVFP4 linear (see docs/formats.md).
+ROLES = {
+    "modelopt": {"packed": "weight", "block_scale": "weight_scale", "global_scale": "weight_scale_2",
+                 "input_scale": "input_scale"},
+    "compressed-tensors": {"packed": "weight_packed", "block_scale": "weight_scale",
+                           "global_scale": "weight_global_scale", "input_scale": "input_global_scale"},
+}
+
+
+def _format(ckpt: Path) -> str:
+    return "modelopt" if (ckpt / "hf_quant_config.json").is_file() else "compressed-tensors"
+
+
+def _edit_one(src: Path, dst: Path, module: str, role: str, fn) -> Path:
+    """A copy of `src` whose tensor `module`.<role> is replaced by fn(tensor)."""
+    _copy(src, dst)
+    key = f"{module}.{ROLES[_format(dst)][role]}"
+
+    def edit(t):
+        if key not in t:
+            raise KeyError(f"{key} not in the checkpoint")
+        t[key] = fn(t[key])
+
+    _edit_tensors(dst, edit)
+    return dst
+
+
+def block_scales_x4(src: Path, dst: Path, module: str = "model.layers.10.mlp.down_proj") -> Path:
+    """One linear's FP8 block scales x4 (saturating at 448): a scale-export or repacking bug that
+    leaves the layer's weights 4x too large."""
+    return _edit_one(src, dst, module, "block_scale",
+                     lambda s: (s.to(torch.float32) * 4).clamp(max=448).to(torch.float8_e4m3fn))
+
+
+def zero_projection(src: Path, dst: Path, module: str = "model.layers.1.self_attn.k_proj") -> Path:
+    """One attention projection's FP4 codes all zero (ollama 15866: the K projection of early layers
+    entirely zero in an FP4 export, no load error)."""
+    return _edit_one(src, dst, module, "packed", torch.zeros_like)
+
+
+def flipped_signs(src: Path, dst: Path, module: str = "model.layers.15.mlp.gate_proj") -> Path:
+    """The sign bit of every FP4 code of one linear flipped (W -> -W): a nibble-order or bit-layout
+    bug in a packer."""
+    return _edit_one(src, dst, module, "packed", lambda p: p ^ 0x88)
+
+
+def inverted_global_scale(src: Path, dst: Path, module: str = "model.layers.20.self_attn.o_proj") -> Path:
+    """One linear's per-tensor weight global scale in the other format's convention (ModelOpt stores
+    amax/(6*448), compressed-tensors its inverse): the classic converter bug between the two layouts."""
+    return _edit_one(src, dst, module, "global_scale", lambda g: 1.0 / g)
+
+
+SUBTLE = {"block-scales-x4": block_scales_x4, "zero-k-proj": zero_projection, "flipped-signs": flipped_signs,
+          "inverted-global-scale": inverted_global_scale}
 
 
 def _edit_tensors(ckpt: Path, fn) -> None:

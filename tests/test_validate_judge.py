@@ -1,5 +1,6 @@
-"""The validation judge and engine lifecycle without a real engine: a fake OpenAI server for the
-endpoint profile, and fake engine processes that hang or crash (exit 2, log tail, no orphans)."""
+"""The validation gate and engine lifecycle without a real engine: a fake OpenAI server for the
+endpoint profile, fake engine processes that hang or crash (exit 2, log tail, no orphans), and fake
+engines that serve a baseline and a candidate differently (judging against the baseline)."""
 
 from __future__ import annotations
 
@@ -38,10 +39,17 @@ def test_endpoint_healthy_model_passes(tmp_path):
     assert code == 0, rep
     v = rep["verdicts"][0]
     assert v["verdict"] == "pass" and abs(v["perplexity"]["perplexity"] - 7.389) < 0.01
+    # a Hub id on an endpoint has no local source: judged without a baseline, and the report says so
+    assert any("judged without a baseline" in w for w in v["warnings"])
+    checks = {c["name"]: c for c in v["checks"]}
+    assert checks["perplexity-ceiling"]["passed"] and checks["perplexity-ratio"]["passed"] is None
+    assert checks["knowledge-above-chance"]["passed"] and abs(v["knowledge"]["accuracy"] - 0.8) < 0.02
+    assert len(v["long"]) == 3 and all(g["failures"] == {} for g in v["long"])
     md = (tmp_path / "rep" / "validation.md").read_text()
-    assert "PASS" in md and "| capital-france | yes | yes |" in md
+    assert "PASS" in md and "| capital-france | yes | yes |" in md and "| knowledge-above-chance |" in md
     suites = ET.parse(tmp_path / "j.xml").getroot()
     assert suites.find("testsuite").get("failures") == "0"
+    assert suites.find("testsuite").get("skipped") == "4"  # the four baseline-relative checks
 
 
 @pytest.mark.parametrize("answer,reason", [
@@ -62,7 +70,7 @@ def test_fluent_garbage_caught_by_perplexity(tmp_path):
     with FakeOpenAI(good_answer, logprob=-9.0) as srv:  # right answers, but ppl e^9 = 8103
         code, rep = _run(tmp_path, "x/y", "--engine", "endpoint", "--url", srv.url)
     assert code == 1
-    assert any("reference perplexity" in r for r in rep["verdicts"][0]["reasons"])
+    assert any(r.startswith("perplexity-ceiling: 8103") for r in rep["verdicts"][0]["reasons"])
 
 
 def test_endpoint_without_url_is_usage_error(tmp_path, capsys):
@@ -142,13 +150,72 @@ def test_chat_probes_skipped_without_chat_template(tmp_path):
     assert any("chat probes skipped" in w for w in v["warnings"])
 
 
-def test_recipe_perplexity_ratio_limit_overrides_the_suite(tmp_path):
+def _fake_model(tmp_path, name: str, **behaviour) -> Path:
+    """A tiny checkpoint whose fake engine answers as `behaviour` says (tests/fake_openai.py)."""
+    from tiny_models import save_tiny_checkpoint
+
+    p = tmp_path / name
+    save_tiny_checkpoint("llama", p)
+    (p / "fake.json").write_text(json.dumps(behaviour))
+    return p
+
+
+def _fake_engine_run(tmp_path, monkeypatch, *args) -> tuple[int, dict]:
+    import sys
+
+    monkeypatch.setenv("FAKE_ENGINE_PY", sys.executable)
+    monkeypatch.setenv("QUANTKIT_CACHE", str(tmp_path / "cache"))
+    return _run(tmp_path, *args, "--engine", "vllm", "--engine-python", str(DATA / "fake_engine_serve.sh"),
+                "--skip-inspect")
+
+
+def test_candidates_are_judged_against_the_baseline(tmp_path, monkeypatch):
+    base = _fake_model(tmp_path, "bf16", logprob=-2.0, knows=0.9)
+    good = _fake_model(tmp_path, "good", logprob=-2.3, knows=0.85)          # ppl x1.35, keeps 92% above chance
+    forgetful = _fake_model(tmp_path, "forgetful", logprob=-2.1, knows=0.4)  # fluent, but knows far less
+    confused = _fake_model(tmp_path, "confused", logprob=-2.8, knows=0.9)   # ppl x2.2
+    code, rep = _fake_engine_run(tmp_path, monkeypatch, str(good), str(forgetful), str(confused), "--baseline", str(base))
+    by = {Path(v["target"]).name: v for v in rep["verdicts"]}
+    assert code == 1
+    assert [Path(b["target"]).name for b in rep["baselines"]] == ["bf16"]  # served once for all three
+    checks = {n: {c["name"]: c for c in v["checks"]} for n, v in by.items()}
+    assert by["good"]["verdict"] == "pass", by["good"]["reasons"]
+    assert checks["good"]["perplexity-ratio"]["value"] == pytest.approx(1.35, abs=0.01)
+    assert checks["good"]["knowledge-retained"]["margin"] > 0.2
+    assert by["forgetful"]["verdict"] == "fail" and checks["forgetful"]["knowledge-retained"]["passed"] is False
+    assert checks["forgetful"]["perplexity-ratio"]["passed"]  # only the knowledge check catches it
+    assert by["confused"]["verdict"] == "fail" and checks["confused"]["perplexity-ratio"]["passed"] is False
+    assert checks["confused"]["perplexity-ratio"]["margin"] < 0
+    assert by["good"]["baseline"]["target"] == str(base)
+
+
+def test_baseline_found_from_the_manifest_and_cached(tmp_path, monkeypatch):
+    base = _fake_model(tmp_path, "bf16", logprob=-2.0, knows=0.9)
+    cand = _fake_model(tmp_path, "cand", logprob=-2.2, knows=0.85)
+    (cand / "quantkit.json").write_text(json.dumps({"source": {"local_path": str(base)}}))
+    code, rep = _fake_engine_run(tmp_path, monkeypatch, str(cand))
+    assert code == 0 and rep["verdicts"][0]["baseline"]["target"] == str(base)
+    # the second run finds the baseline's measurements (and its scores of these texts) in the cache
+    code, rep2 = _fake_engine_run(tmp_path, monkeypatch, str(cand))
+    assert code == 0 and any("from the cache" in w for w in rep2["baselines"][0]["warnings"])
+    same = ("perplexity", "knowledge", "long", "checks")
+    assert all(rep["verdicts"][0][k] == rep2["verdicts"][0][k] for k in same)
+    # --no-baseline: hard detectors and ceilings only, said in the report
+    code, rep3 = _fake_engine_run(tmp_path, monkeypatch, str(cand), "--no-baseline")
+    assert code == 0 and rep3["baselines"] == [] and any("without a baseline" in w for w in rep3["verdicts"][0]["warnings"])
+
+
+def test_recipe_perplexity_ratio_limit_overrides_the_suite(tmp_path, monkeypatch):
     from quantkit.validate import ValidateOptions, validate
 
-    base = {"perplexity": 5.0}  # candidate scores e^2 = 7.39: x1.48 of the baseline
-    with FakeOpenAI(good_answer, logprob=-2.0) as srv:
-        default = validate(["x/y"], ValidateOptions(engine="endpoint", url=srv.url, log_dir=tmp_path), baseline=base)
-        strict = validate(["x/y"], ValidateOptions(engine="endpoint", url=srv.url, log_dir=tmp_path,
-                                                   max_ppl_ratio=1.25), baseline=base)
+    monkeypatch.setenv("FAKE_ENGINE_PY", __import__("sys").executable)
+    monkeypatch.setenv("QUANTKIT_CACHE", str(tmp_path / "cache"))
+    base = _fake_model(tmp_path, "bf16", logprob=-2.0, knows=0.9)
+    cand = _fake_model(tmp_path, "cand", logprob=-2.4, knows=0.9)  # x1.49 of the baseline's perplexity
+    common = dict(engine="vllm", engine_python=str(DATA / "fake_engine_serve.sh"), baseline=str(base),
+                  skip_inspect=True, log_dir=tmp_path)
+    default = validate([str(cand)], ValidateOptions(**common))
+    strict = validate([str(cand)], ValidateOptions(**common, max_ppl_ratio=1.25))
     assert default.exit_code == 0  # the smoke suite allows x1.8
-    assert strict.exit_code == 1 and "limit x1.25" in strict.verdicts[0].reasons[0]
+    assert strict.exit_code == 1 and strict.verdicts[0].reasons[0].startswith("perplexity-ratio: 1.49")
+    assert "max_ppl_ratio (1.25)" in next(c for c in strict.verdicts[0].checks if c["name"] == "perplexity-ratio")["why"]

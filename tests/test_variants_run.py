@@ -62,6 +62,9 @@ def test_variants_smollm2_in_real_vllm(tmp_path, smollm2_dir, monkeypatch):
         assert rows[v]["verdict"] == "pass"
         assert 1.0 < rows[v]["ppl_ratio"] < 1.8
         assert rows[v]["size_bytes"] < 0.5 * rows["bf16"]["size_bytes"]
+        assert rows[v]["checks"]["knowledge-retained"]["margin"] > 0
+        assert 0.5 < rows[v]["knowledge_accuracy"] <= rows["bf16"]["knowledge_accuracy"] + 0.05
     html = (out / "comparison.html").read_text()
-    assert html.count("<svg") == 3 and "Reference perplexity" in html
-    assert "| capital-france |" in (out / "comparison.md").read_text()
+    assert html.count("<svg") == 4 and "Reference perplexity" in html and "Knowledge accuracy" in html
+    md = (out / "comparison.md").read_text()
+    assert "| capital-france |" in md and "| knowledge-retained | 0.6 |" in md and "## Long generations" in md

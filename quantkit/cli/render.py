@@ -5,7 +5,7 @@ from __future__ import annotations
 from rich.console import Console
 from rich.table import Table
 
-__all__ = ["console", "human_bytes", "render_plan"]
+__all__ = ["console", "human_bytes", "render_plan", "print_verdict"]
 
 console = Console(stderr=False)
 
@@ -42,3 +42,25 @@ def render_plan(plan, show_all: bool = False) -> None:
         f"~{s['bits_per_param']:.2f} bits/param")
     for w in d["warnings"]:
         console.print(f"[yellow]warning:[/] {w}")
+
+
+def print_verdict(v) -> None:
+    """One verdict: the headline, then each check with its margin, reasons and warnings."""
+    color = "green" if v.verdict == "pass" else "red"
+    ppl = f"  ppl {v.perplexity['perplexity']:.2f}" if v.perplexity else ""
+    role = " [dim](baseline)[/]" if v.role == "baseline" else ""
+    console.print(f"[{color}]{v.verdict.upper():<12}[/] {v.target}{role}{ppl}  "
+                  f"[dim]boot {v.timings.get('boot') or 0:.0f}s, total {v.timings.get('total') or 0:.0f}s[/]")
+    for c in v.checks:
+        mark = {True: "[green]ok[/]  ", False: "[red]FAIL[/]", None: "[dim]--[/]  "}[c["passed"]]
+        if c["passed"] is None:
+            console.print(f"  {mark} {c['name']}: not checked ({c['detail']})")
+        else:
+            op = "<=" if c["direction"] == "max" else ">="
+            console.print(f"  {mark} {c['name']}: {c['value']} ({'bound ' + str(c['bound']) + ' ' if c['bound'] != c['value'] else ''}"
+                          f"{op} {c['threshold']}, margin {c['margin']:+g})")
+    for r in v.reasons:
+        if not any(r.startswith(c["name"] + ":") for c in v.checks):
+            console.print(f"  [red]-[/] {r}")
+    for w in v.warnings:
+        console.print(f"  [yellow]-[/] {w}")

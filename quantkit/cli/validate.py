@@ -15,8 +15,11 @@ def register(app: typer.Typer) -> None:
         engine: Annotated[str, typer.Option("--engine", "-e", help="engine profile: vllm-cpu, vllm, vllm-docker, "
                           "vllm-ngc, sglang, endpoint (see validate/engines.yaml)")] = "vllm-cpu",
         suite: Annotated[str, typer.Option("--suite", help="probe suite name or .yaml file")] = "smoke",
-        baseline: Annotated[Optional[str], typer.Option("--baseline", help="BF16 checkpoint to compare reference "
-                            "perplexity against", show_default=False)] = None,
+        baseline: Annotated[Optional[str], typer.Option("--baseline", help="the BF16 checkpoint to judge against "
+                            "(served once by the same engine). Default: the source recorded in the artefact's "
+                            "quantkit.json, when it is on this machine", show_default=False)] = None,
+        no_baseline: Annotated[bool, typer.Option("--no-baseline", help="judge without a baseline: hard detectors "
+                               "and absolute ceilings only (faster, weaker)")] = False,
         url: Annotated[Optional[str], typer.Option("--url", help="server URL for --engine endpoint",
                        show_default=False)] = None,
         engine_python: Annotated[Optional[str], typer.Option("--engine-python", help="Python of the engine's "
@@ -34,9 +37,12 @@ def register(app: typer.Typer) -> None:
                                 "finds errors")] = False,
         as_json: Annotated[bool, typer.Option("--json", help="print the JSON report")] = False,
     ) -> int:
-        """Serve each artefact in a real engine and check real /v1/completions and chat output for
-        blank answers, '!!!!!', loops, nonsense and reference perplexity. Exit codes: 0 pass,
-        1 sanity failure, 2 engine failed to start or died, 3 usage error.
+        """Serve each artefact in a real engine and judge it against its BF16 baseline served by the
+        same engine: hard detectors on greedy probes and long generations (blank, '!!!!!', loops,
+        replacement characters), teacher-forced knowledge items, reference perplexity, long-generation
+        drift. Each check reports its value, threshold and margin (validate/smoke.yaml says why each
+        threshold is where it is). Exit codes: 0 pass, 1 a failed check, 2 engine failed to start or
+        died, 3 usage error.
 
         Examples:
 
@@ -47,16 +53,18 @@ def register(app: typer.Typer) -> None:
           quantkit validate some-org/Some-Model-NVFP4 --engine endpoint --url http://spark:8000
 
           quantkit validate out/x --suite validate/smoke.yaml --baseline out/x-bf16
+
+          quantkit validate community/Model-NVFP4 --no-baseline
         """
         import json
 
         from quantkit.cli.quantize import RichReporter
-        from quantkit.cli.render import console
-        from quantkit.report import markdown, write_reports
+        from quantkit.cli.render import console, print_verdict
+        from quantkit.report import write_reports
         from quantkit.validate import ValidateOptions
         from quantkit.validate import validate as run
 
-        opts = ValidateOptions(engine=engine, suite=suite, baseline=baseline, url=url, engine_python=engine_python,
+        opts = ValidateOptions(engine=engine, suite=suite, baseline=baseline, no_baseline=no_baseline, url=url, engine_python=engine_python,
                                timeout=timeout, max_model_len=max_model_len, moe_marlin=moe_marlin,
                                extra_args=engine_arg or [], log_dir=report_dir, skip_inspect=skip_inspect)
         with RichReporter() as rep:
@@ -65,15 +73,8 @@ def register(app: typer.Typer) -> None:
         if as_json:
             print(json.dumps(report.to_dict(), indent=2, default=str))
         else:
-            for v in report.verdicts:
-                color = "green" if v.verdict == "pass" else "red"
-                ppl = f"  ppl {v.perplexity['perplexity']:.2f}" if v.perplexity else ""
-                console.print(f"[{color}]{v.verdict.upper():<12}[/] {v.target}{ppl}  "
-                              f"[dim]boot {v.timings.get('boot', 0):.0f}s, total {v.timings.get('total', 0):.0f}s[/]")
-                for r in v.reasons:
-                    console.print(f"  [red]-[/] {r}")
-                for w in v.warnings:
-                    console.print(f"  [yellow]-[/] {w}")
+            for v in [*report.verdicts, *report.baselines]:
+                print_verdict(v)
             console.print(f"[dim]reports: {report_dir / 'validation.md'}, {report_dir / 'validation.json'}"
                           + (f", {junit}" if junit else "") + "[/]")
         return report.exit_code

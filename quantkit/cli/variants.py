@@ -23,9 +23,10 @@ def register(app: typer.Typer) -> None:
         overwrite: Annotated[bool, typer.Option("--overwrite")] = False,
     ) -> int:
         """Produce the ModelOpt and the compressed-tensors NVFP4 checkpoints of one recipe (one load,
-        one calibration set, one plan), validate each against the BF16 source, and write a comparison:
-        size and bits/param, kept layers, verdicts, reference perplexity, probe outputs side by side,
-        time and peak memory of each step, with bar charts (comparison.html).
+        one calibration set, one plan), validate each against the BF16 source (served once, by the same
+        engine), and write a comparison: size and bits/param, kept layers, verdicts, every check's value
+        and margin (perplexity ratio, knowledge retained, long-generation drift), probe outputs side by
+        side, time and peak memory of each step, with bar charts (comparison.html).
 
         Examples:
 
@@ -49,6 +50,9 @@ def register(app: typer.Typer) -> None:
         for row in comparison_rows(cmp):
             ratio = f" (x{row['ppl_ratio']})" if row["ppl_ratio"] and row["variant"] != "bf16" else ""
             console.print(f"{row['variant']:<10} {row['verdict']:<12} ppl {row['perplexity']}{ratio}  "
+                          f"knowledge {row['knowledge_accuracy']}  "
                           f"{row['size_bytes'] / 1e6:.1f} MB  {row['bits_per_param']} bits/param")
+            for r in row.get("reasons") or []:
+                console.print(f"  [red]-[/] {r}")
         console.print(f"[dim]comparison: {cmp.out / 'comparison.md'}, {cmp.out / 'comparison.html'}[/]")
         return cmp.exit_code

@@ -31,6 +31,12 @@ class EngineProfile(BaseModel):
     def is_endpoint(self) -> bool:
         return not self.command
 
+    def environment(self) -> dict[str, str]:
+        """`env` with {cpus} replaced by the CPUs this process may run on (e.g. "0-1")."""
+        cpus = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else list(range(os.cpu_count() or 1))
+        spec = f"{cpus[0]}-{cpus[-1]}" if cpus == list(range(cpus[0], cpus[-1] + 1)) else ",".join(map(str, cpus))
+        return {k: v.replace("{cpus}", spec) for k, v in self.env.items()}
+
     def argv(self, *, model: Path, name: str, port: int, max_model_len: int, fmt: str | None,
              python: str, extra: list[str] = (), moe_marlin: bool = False) -> list[str]:
         subst = {"python": python, "model": str(model), "model_dir": str(Path(model).resolve()), "name": name,

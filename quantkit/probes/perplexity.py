@@ -25,20 +25,23 @@ def chunks(text: str, max_words: int) -> list[str]:
     return out
 
 
-def engine_perplexity(client, text: str, max_tokens_per_request: int = 512) -> dict:
-    """exp(mean negative log-likelihood) over every scored prompt token of every chunk."""
-    nll, count = 0.0, 0
+def engine_perplexity(client, text: str, max_tokens_per_request: int = 512, block_tokens: int = 64) -> dict:
+    """exp(mean negative log-likelihood) over every scored prompt token of every chunk, plus the
+    per-block sums [nll, tokens] (blocks of `block_tokens` within each chunk) that the judge pairs
+    with the baseline's for its bootstrap."""
+    nll, count, blocks = 0.0, 0, []
+
+    def one(chunk):
+        resp = client.completion(chunk, max_tokens=0, echo=True, logprobs=0)
+        return [lp for lp in resp["choices"][0]["logprobs"]["token_logprobs"][1:] if lp is not None]
+
     # ~1.3 tokens per English word for common BPE vocabularies; keep headroom under the limit
-    for chunk in chunks(text, max(32, int(max_tokens_per_request / 1.6))):
-        resp = client.completion(chunk, max_tokens=1, echo=True, logprobs=0)
-        choice = resp["choices"][0]
-        n_prompt = resp.get("usage", {}).get("prompt_tokens")
-        lps = choice["logprobs"]["token_logprobs"]
-        scored = lps[1:n_prompt] if n_prompt else lps[1:-1]
-        for lp in scored:
-            if lp is None:
-                continue
-            nll -= lp
-            count += 1
+    parts = chunks(text, max(32, int(max_tokens_per_request / 1.6)))
+    for scored in map(one, parts):
+        for start in range(0, len(scored), block_tokens):
+            block = scored[start:start + block_tokens]
+            blocks.append([round(-sum(block), 5), len(block)])
+        nll -= sum(scored)
+        count += len(scored)
     ppl = math.exp(nll / count) if count else float("inf")
-    return {"perplexity": round(ppl, 4), "tokens": count}
+    return {"perplexity": round(ppl, 4), "tokens": count, "blocks": blocks}

@@ -1,0 +1,185 @@
+"""The decision rule: measurements of a candidate (and of its baseline, the BF16 source served by the
+same engine) -> checks, each with its value, threshold, margin and reason -> a verdict.
+
+Statistical checks are one-sided paired bootstrap tests over units that both models scored (items of
+the knowledge bank, token blocks of the reference text). A check fails only when the bound at
+confidence 1 - alpha is beyond its threshold, so an artefact whose true value sits exactly at a
+threshold fails that check with probability at most alpha (the suite's stated error rate); every
+check reports how far its decision statistic is from the threshold. Without a baseline only the
+hard detectors and absolute ceilings apply, and the report says so."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+__all__ = ["Check", "judge_checks", "paired_bootstrap"]
+
+
+@dataclass
+class Check:
+    name: str
+    passed: bool | None          # None: not checked (and why)
+    value: float | None = None   # point estimate
+    bound: float | None = None   # the statistic the decision uses (a confidence bound, or the value)
+    threshold: float | None = None
+    direction: str = "max"       # "max": value must stay <= threshold; "min": >= threshold
+    interval: list[float] | None = None  # two-sided 1 - 2*alpha interval of the value
+    baseline_value: float | None = None
+    why: str = ""
+    detail: str = ""
+
+    @property
+    def margin(self) -> float | None:
+        """Signed distance of the decision statistic from the threshold, positive on the passing side."""
+        if self.bound is None or self.threshold is None:
+            return None
+        d = self.threshold - self.bound if self.direction == "max" else self.bound - self.threshold
+        return round(d, 4)
+
+    def to_dict(self) -> dict:
+        return {**asdict(self), "margin": self.margin}
+
+    def summary(self) -> str:
+        if self.passed is None:
+            return f"{self.name}: not checked ({self.detail or self.why})"
+        op = "<=" if self.direction == "max" else ">="
+        stat = f"{self.value:g}" if self.bound == self.value or self.bound is None else \
+            f"{self.value:g} (bound {self.bound:g})"
+        return f"{self.name}: {stat} must be {op} {self.threshold:g}; margin {self.margin:+g}" + \
+            (f" — {self.detail}" if self.detail else "")
+
+
+def paired_bootstrap(stat, arrays: list[np.ndarray], resamples: int, seed: int) -> np.ndarray:
+    """`stat(*resampled arrays)` over `resamples` resamples of the shared unit index (the same
+    units for every array: the pairing)."""
+    n = len(arrays[0])
+    rng = np.random.default_rng(seed)
+    idx = rng.integers(0, n, size=(resamples, n))
+    return np.asarray(stat(*[a[idx] for a in arrays]))
+
+
+def _q(x: np.ndarray, p: float) -> float:
+    return float(np.quantile(x[np.isfinite(x)], p)) if np.isfinite(x).any() else float("nan")
+
+
+def _r(x: float | None, nd: int = 4) -> float | None:
+    return None if x is None or (isinstance(x, float) and math.isnan(x)) else round(float(x), nd)
+
+
+def _ppl_checks(spec, alpha, boot, cand, base) -> list[Check]:
+    out = []
+    ppl = cand.get("perplexity")
+    if ppl is None:
+        return out
+    out.append(Check("perplexity-ceiling", ppl["perplexity"] <= spec.max_perplexity, _r(ppl["perplexity"]),
+                     _r(ppl["perplexity"]), spec.max_perplexity, "max", why=spec.why_max_perplexity))
+    bp = (base or {}).get("perplexity")
+    if bp is None:
+        out.append(Check("perplexity-ratio", None, why=spec.why_max_ratio, detail="no baseline"))
+        return out
+    ratio = ppl["perplexity"] / bp["perplexity"]
+    lo = hi = bound = ratio
+    cb, bb = ppl.get("blocks"), bp.get("blocks")
+    paired = cb and bb and [n for _, n in cb] == [n for _, n in bb]
+    if paired:
+        c, b = np.array([s for s, _ in cb]), np.array([s for s, _ in bb])
+        n = np.array([k for _, k in cb], dtype=float)
+        dist = paired_bootstrap(lambda c_, b_, n_: np.exp((c_ - b_).sum(1) / n_.sum(1)), [c, b, n], *boot)
+        lo, hi, bound = _q(dist, alpha), _q(dist, 1 - alpha), _q(dist, alpha)
+    out.append(Check("perplexity-ratio", bound <= spec.max_ratio, _r(ratio), _r(bound), spec.max_ratio, "max",
+                     [_r(lo), _r(hi)], _r(bp["perplexity"]), spec.why_max_ratio,
+                     f"{ppl['perplexity']:.2f} vs baseline {bp['perplexity']:.2f}"
+                     + ("" if paired else "; token blocks differ from the baseline's, no interval")))
+    return out
+
+
+def _knowledge_checks(spec, alpha, boot, cand, base) -> list[Check]:
+    k = cand.get("knowledge")
+    if k is None:
+        return []
+    chance = k["chance"]
+    m = np.array([i["answer_logprob"] - i["best_distractor_logprob"] for i in k["items"]])
+    right = (m > 0).astype(float)
+    acc = float(right.mean())
+    dist = paired_bootstrap(lambda r: r.mean(1), [right], *boot)
+    out = [Check("knowledge-above-chance", _q(dist, 1 - alpha) - chance >= spec.min_above_chance,
+                 _r(acc - chance), _r(_q(dist, 1 - alpha) - chance), spec.min_above_chance, "min",
+                 [_r(_q(dist, alpha) - chance), _r(_q(dist, 1 - alpha) - chance)], why=spec.why_min_above_chance,
+                 detail=f"accuracy {acc:.3f} on {len(m)} items, chance {chance:g}")]
+    bk = (base or {}).get("knowledge")
+    if bk is None:
+        out.append(Check("knowledge-retained", None, why=spec.why_min_retained, detail="no baseline"))
+        return out
+    by_id = {i["id"]: i for i in bk["items"]}
+    if [i["id"] for i in k["items"]] != list(by_id):
+        out.append(Check("knowledge-retained", None, why=spec.why_min_retained, detail="baseline scored another bank"))
+        return out
+    mb = np.array([i["answer_logprob"] - i["best_distractor_logprob"] for i in bk["items"]])
+    rb = (mb > 0).astype(float)
+    acc_b = float(rb.mean())
+    if acc_b - chance < 0.1:
+        out.append(Check("knowledge-retained", None, why=spec.why_min_retained,
+                         detail=f"the baseline itself is near chance ({acc_b:.3f}): the bank is too hard for it"))
+        return out
+
+    def retained(rc, rb_):
+        return (rc.mean(1) - chance) / np.maximum(rb_.mean(1) - chance, 1e-9)
+
+    dist = paired_bootstrap(retained, [right, rb], *boot)
+    value = (acc - chance) / (acc_b - chance)
+    bound = _q(dist, 1 - alpha)
+    dm = paired_bootstrap(lambda a, b: (a - b).mean(1), [m, mb], *boot)
+    out.append(Check("knowledge-retained", bound >= spec.min_retained, _r(value), _r(bound), spec.min_retained,
+                     "min", [_r(_q(dist, alpha)), _r(bound)], _r(acc_b), spec.why_min_retained,
+                     f"accuracy {acc:.3f} vs baseline {acc_b:.3f}; mean log-prob margin {m.mean():+.3f} vs "
+                     f"{mb.mean():+.3f} nats (change {float((m - mb).mean()):+.3f}, interval "
+                     f"{_q(dm, alpha):+.3f}..{_q(dm, 1 - alpha):+.3f}); {int(((m > 0) & (mb <= 0)).sum())} items "
+                     f"gained, {int(((m <= 0) & (mb > 0)).sum())} lost"))
+    return out
+
+
+def _long_checks(spec, cand, base) -> list[Check]:
+    long = cand.get("long")
+    if not long:
+        return []
+    bl = {g["id"]: g for g in (base or {}).get("long", [])}
+    if not bl:
+        return [Check("long-repetition", None, why=spec.why_max_repetition_increase, detail="no baseline"),
+                Check("long-surprise", None, why=spec.why_max_surprise_increase, detail="no baseline")]
+    reps = [(g["id"], g["repetition"] - bl[g["id"]]["repetition"]) for g in long if g["id"] in bl]
+    worst_id, worst = max(reps, key=lambda x: x[1])
+    out = [Check("long-repetition", worst <= spec.max_repetition_increase, _r(worst), _r(worst),
+                 spec.max_repetition_increase, "max", why=spec.why_max_repetition_increase,
+                 detail=f"worst prompt {worst_id}: {dict(long=[g['repetition'] for g in long])['long']} vs baseline "
+                        f"{[bl[g['id']]['repetition'] for g in long if g['id'] in bl]}")]
+    diffs = []
+    for g in long:
+        b = bl.get(g["id"])
+        s_c, s_b = g.get("baseline_nll"), (b or {}).get("baseline_nll")
+        if s_b is None:
+            continue
+        diffs.append(math.inf if s_c is None else s_c - s_b)
+    if diffs:
+        v = sum(diffs) / len(diffs)
+        out.append(Check("long-surprise", v <= spec.max_surprise_increase, _r(v) if math.isfinite(v) else None,
+                         _r(v) if math.isfinite(v) else math.inf, spec.max_surprise_increase, "max",
+                         why=spec.why_max_surprise_increase,
+                         detail="baseline's nll/token of the candidate's text minus of its own: "
+                                + ", ".join(f"{x:+.2f}" for x in diffs)))
+    return out
+
+
+def judge_checks(suite, cand: dict, base: dict | None) -> list[Check]:
+    """Every check of `suite` for the measurements `cand` (against `base`, or alone)."""
+    boot = (suite.bootstrap.resamples, suite.bootstrap.seed)
+    checks: list[Check] = []
+    if suite.perplexity:
+        checks += _ppl_checks(suite.perplexity, suite.alpha, boot, cand, base)
+    if suite.knowledge:
+        checks += _knowledge_checks(suite.knowledge, suite.alpha, boot, cand, base)
+    if suite.long_generation:
+        checks += _long_checks(suite.long_generation, cand, base)
+    return checks

