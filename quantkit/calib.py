@@ -10,10 +10,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict
 
-from quantkit.errors import CalibrationError
+from quantkit.datafile import load_yaml_model
+from quantkit.errors import CalibrationError, first_line
 from quantkit.resources import data_dir
 
 __all__ = ["CalibSpec", "CalibSet", "known_specs", "load_spec", "build_calibration"]
@@ -48,10 +48,8 @@ def load_spec(name: str) -> CalibSpec:
     if path is None or not path.is_file():
         raise CalibrationError(f"unknown calibration dataset {name!r}; known: {', '.join(specs)}",
                                hint="set calibration.dataset to one of those, or to a spec .yaml file")
-    try:
-        return CalibSpec.model_validate(yaml.safe_load(path.read_text(encoding="utf-8")))
-    except (ValidationError, yaml.YAMLError) as exc:
-        raise CalibrationError(f"{path}: invalid calibration spec: {str(exc).splitlines()[0]}") from exc
+    return load_yaml_model(path, CalibSpec, "calibration spec", error=CalibrationError,
+                           hint="see calib/README or a shipped calib/*.yaml for the schema")
 
 
 @dataclass
@@ -136,7 +134,7 @@ def _hf_texts(spec: CalibSpec, tokenizer: Any, samples: int, seed: int) -> list[
 
         ds = load_dataset(spec.dataset, spec.subset, split=spec.split)
     except Exception as exc:
-        raise CalibrationError(f"cannot load dataset {spec.dataset}: {type(exc).__name__}: {str(exc).splitlines()[0]}",
+        raise CalibrationError(f"cannot load dataset {spec.dataset}: {type(exc).__name__}: {first_line(exc)}",
                                hint="check the network/HF_TOKEN, or use calibration.dataset: bundled-en (offline)") from exc
     ds = ds.shuffle(seed=seed).select(range(min(samples, len(ds))))
     rows = ds[spec.field]

@@ -15,7 +15,15 @@ __all__ = [
     "CalibrationError",
     "EngineError",
     "PublishError",
+    "first_line",
 ]
+
+
+def first_line(exc: BaseException | str, limit: int | None = None) -> str:
+    """The first line of an exception's message (or a string), "" for an empty one: error messages
+    are one line, and `str(exc).splitlines()[0]` raises on an empty message."""
+    line = next(iter(str(exc).splitlines()), "")
+    return line[:limit] if limit else line
 
 
 class QuantkitError(Exception):

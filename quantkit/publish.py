@@ -17,7 +17,7 @@ from typing import Any
 from quantkit import __version__
 from quantkit.checkpoint.formats import FORMAT_OF_KIND, NVFP4_KIND, detect_format
 from quantkit.checkpoint.manifest import read_manifest
-from quantkit.errors import PublishError, RecipeError
+from quantkit.errors import PublishError, RecipeError, first_line
 from quantkit.report import find_passing_report
 from quantkit.validate import checkpoint_hash
 
@@ -127,7 +127,7 @@ def _to_hf(repo: str, files: dict[str, bytes | Path], private: bool, api: Any = 
         info = api.create_commit(repo, hf_operations(files),
                                  commit_message=f"Upload NVFP4 checkpoint (quantkit {__version__})")
     except Exception as exc:  # network, auth: one line, never the token
-        raise PublishError(f"upload to hf:{repo} failed: {type(exc).__name__}: {str(exc).splitlines()[0][:200]}",
+        raise PublishError(f"upload to hf:{repo} failed: {type(exc).__name__}: {first_line(exc, 200)}",
                            hint="check `hf auth login` / HF_TOKEN and the network; uploads resume on retry") from exc
     return getattr(info, "commit_url", None) or f"https://huggingface.co/{repo}"
 

@@ -8,7 +8,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from quantkit.errors import ModelSourceError
+from quantkit.errors import ModelSourceError, first_line
 
 __all__ = ["EMBEDDED_PREFIX", "local_checkpoint", "load_config", "read_config_dict"]
 
@@ -41,7 +41,7 @@ def local_checkpoint(source: str, revision: str | None = None, *, config_only: b
         return Path(snapshot_download(source, revision=revision,
                                       allow_patterns=["*.json", "*.safetensors", "*.model", "*.txt", "*.jinja", "*.py"]))
     except Exception as exc:  # huggingface_hub raises many types (offline, 401, 404...)
-        raise ModelSourceError(f"cannot fetch {source} from the Hub: {type(exc).__name__}: {str(exc).splitlines()[0]}",
+        raise ModelSourceError(f"cannot fetch {source} from the Hub: {type(exc).__name__}: {first_line(exc)}",
                                hint=_hub_hint(source)) from exc
 
 
@@ -69,6 +69,6 @@ def load_config(source: str, revision: str | None = None, trust_remote_code: boo
     try:
         return AutoConfig.from_pretrained(str(target), trust_remote_code=trust_remote_code)
     except ValueError as exc:
-        raise ModelSourceError(f"transformers cannot build model_type {model_type!r}: {str(exc).splitlines()[0]}",
+        raise ModelSourceError(f"transformers cannot build model_type {model_type!r}: {first_line(exc)}",
                                hint="upgrade transformers within quantkit's pinned range, or set "
                                     "model.trust_remote_code: true in the recipe if you trust its code") from exc

@@ -110,7 +110,9 @@ def _suite(opts: ValidateOptions) -> Suite:
 
 
 def _slug(target: str) -> str:
-    return "".join(c if c.isalnum() or c in "-_." else "_" for c in target.strip("/").split("/")[-1])[:60]
+    """A log-file name for a target: its last two path parts (out/a/ct and out/b/ct differ)."""
+    tail = "_".join(target.strip("/").split("/")[-2:])
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in tail)[-60:]
 
 
 def _verdict(target: str, path: Path | None, opts: ValidateOptions, role: str = "candidate") -> Verdict:

@@ -15,7 +15,7 @@ from typing import Callable
 
 import typer
 
-from quantkit.errors import QuantkitError
+from quantkit.errors import QuantkitError, first_line
 from quantkit.interrupts import Terminated, signals_as_exceptions
 
 __all__ = ["run_with_boundary", "EXIT_USAGE", "EXIT_INTERRUPTED"]
@@ -36,6 +36,17 @@ def _say(msg: str, hint: str | None = None) -> None:
         print(line, file=sys.stderr)
     except OSError:  # stderr was a terminal that is gone (SIGHUP): the exit code still tells
         pass
+
+
+_OOM_HINT = ("quantize one decoder layer at a time (--mode layerwise), cap it with --max-memory, or use fewer "
+             "calibration samples (--samples)")
+
+
+def _is_torch_oom(exc: BaseException) -> bool:
+    """torch's out-of-memory (CUDA or CPU allocator) is a RuntimeError subclass, not MemoryError."""
+    torch = sys.modules.get("torch")
+    oom = getattr(torch, "OutOfMemoryError", None) if torch else None
+    return (oom is not None and isinstance(exc, oom)) or "out of memory" in first_line(exc).lower()[:200]
 
 
 def run_with_boundary(command, argv: list[str]) -> int:
@@ -66,11 +77,14 @@ def run_with_boundary(command, argv: list[str]) -> int:
     except MemoryError:
         if debug:
             raise
-        _say("out of memory", "use fewer calibration samples (--samples) or a machine with more memory")
+        _say("out of memory", _OOM_HINT)
         return 1
     except Exception as exc:  # an unexpected failure: still one line, traceback on demand
         if debug:
             raise
-        first = (str(exc).splitlines() or [""])[0]
+        if _is_torch_oom(exc):
+            _say(f"out of memory: {first_line(exc, 160)}", _OOM_HINT)
+            return 1
+        first = first_line(exc)
         _say(f"{type(exc).__name__}: {first}", "run again with --debug for the traceback, and report it if it is a quantkit bug")
         return 1
