@@ -35,6 +35,8 @@ def build_card(*, repo: str, fmt: str, manifest: dict, validation: dict | None, 
                license: str | None, family: str | None, content_hash: str, forced: bool, quantkit_version: str):
     from huggingface_hub import ModelCard, ModelCardData
 
+    from quantkit.judge import signed
+
     tags = ["nvfp4", "fp4", "quantized", "modelopt" if fmt == "modelopt" else "compressed-tensors", "quantkit"]
     if family:
         tags.append(family)
@@ -80,7 +82,7 @@ def build_card(*, repo: str, fmt: str, manifest: dict, validation: dict | None, 
             lines += ["", "| check | value | threshold | margin |", "|---|---|---|---|"]
             for c in checks:
                 op = "<=" if c["direction"] == "max" else ">="
-                lines.append(f"| {c['name']} | {c['value']} | {op} {c['threshold']} | {c['margin']:+g} |")
+                lines.append(f"| {c['name']} | {c['value']} | {op} {c['threshold']} | {signed(c['margin'])} |")
         lines += ["", "| probe | passed | output |", "|---|---|---|"]
         for p in v.get("probes", []):
             out = p["text"].strip().replace("\n", " ").replace("|", "\\|")[:80]

@@ -15,7 +15,16 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-__all__ = ["Check", "judge_checks", "paired_bootstrap"]
+__all__ = ["Check", "judge_checks", "paired_bootstrap", "signed"]
+
+
+def signed(x: float | None) -> str:
+    """A margin for people: +0.31, -1.2, or "n/a" where the value could not be computed (NaN)."""
+    return "n/a" if x is None else f"{x:+g}"
+
+
+def _g(x: float | None) -> str:
+    return "n/a" if x is None else f"{x:g}"
 
 
 @dataclass
@@ -46,9 +55,9 @@ class Check:
         if self.passed is None:
             return f"{self.name}: not checked ({self.detail or self.why})"
         op = "<=" if self.direction == "max" else ">="
-        stat = f"{self.value:g}" if self.bound == self.value or self.bound is None else \
-            f"{self.value:g} (bound {self.bound:g})"
-        return f"{self.name}: {stat} must be {op} {self.threshold:g}; margin {self.margin:+g}" + \
+        stat = _g(self.value) if self.bound == self.value or self.bound is None else \
+            f"{_g(self.value)} (bound {_g(self.bound)})"
+        return f"{self.name}: {stat} must be {op} {_g(self.threshold)}; margin {signed(self.margin)}" + \
             (f" — {self.detail}" if self.detail else "")
 
 

@@ -279,7 +279,7 @@ def finish_variant(ctx: _Context, tmp: Path, fmt: str, plan: Any, calib: Any, to
                    native_config: Any, t_start: float, run_extra: dict | None = None) -> VariantResult:
     """Tokenizer, recipe, verification and manifest for one written checkpoint in `tmp`."""
     from quantkit.backends.base import timed
-    from quantkit.checkpoint.manifest import write_manifest
+    from quantkit.checkpoint.manifest import numerics, write_manifest
     from quantkit.checkpoint.verify import verify_checkpoint
 
     recipe, reporter, local = ctx.recipe, ctx.reporter, ctx.local
@@ -307,7 +307,7 @@ def finish_variant(ctx: _Context, tmp: Path, fmt: str, plan: Any, calib: Any, to
                  "rules": [r.to_dict() for r in plan.rules if r.source in ("cli", "recipe")]},
         "calibration": calib.describe(),
         "verification": report.to_dict(),
-        "run": {"timings_s": timings, "peak_rss_bytes": _peak_rss(), **_gpu_stats(),
+        "run": {"timings_s": timings, "peak_rss_bytes": _peak_rss(), **_gpu_stats(), "numerics": numerics(),
                 "wall_s": round(time.perf_counter() - t_start, 3), "preflight": ctx.preflight, **(run_extra or {})},
     })
     return VariantResult(fmt, backend.name, ctx.outs[fmt], manifest, timings, _peak_rss(),

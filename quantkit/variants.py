@@ -17,6 +17,7 @@ from quantkit.progress import SILENT, Reporter
 from quantkit.quantize import QuantizeOptions, VariantResult, quantize
 from quantkit.recipe import Recipe
 from quantkit.report import EXIT, ValidationReport, write_reports
+from quantkit.judge import signed
 from quantkit.validate import ValidateOptions, validate
 
 __all__ = ["Comparison", "variants", "comparison_rows"]
@@ -102,7 +103,7 @@ def _md(cmp: Comparison, rows: list[dict]) -> str:
                 if c is None or c["passed"] is None:
                     cells.append("—")
                 else:
-                    cells.append(f"{c['value']} / {c['margin']:+g}" + ("" if c["passed"] else " **FAIL**"))
+                    cells.append(f"{c['value']} / {signed(c['margin'])}" + ("" if c["passed"] else " **FAIL**"))
             lines.append(f"| {name} | {c0['threshold']} | " + " | ".join(cells) + " |")
         lines.append("| knowledge accuracy | | " + " | ".join(str(r.get("knowledge_accuracy") or "—") for r in rows) + " |")
     probes = [p["id"] for p in rows[0]["probes"]] or [p["id"] for p in rows[-1]["probes"]]

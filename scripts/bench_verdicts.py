@@ -26,15 +26,16 @@ from breakers import SUBTLE, nan_scales, scrambled_fp4, wrong_ignore, wrong_quan
 from quantkit.quantize import QuantizeOptions, quantize  # noqa: E402
 from quantkit.recipe import resolve_recipe  # noqa: E402
 from quantkit.report import Verdict  # noqa: E402
+from quantkit.judge import signed  # noqa: E402
 from quantkit.validate import ValidateOptions, rejudge, validate  # noqa: E402
 
 MODELS = {
-    "smollm2-135m": {"best": "smollm2-135m-best", "subtle_formats": ["ct", "modelopt"],
+    "smollm2-135m": {"best": "smollm2-135m-best", "subtle_formats": ["ct"],
                      "layers": {"block-scales-x4": "model.layers.10.mlp.down_proj",
                                 "zero-k-proj": "model.layers.1.self_attn.k_proj",
                                 "flipped-signs": "model.layers.15.mlp.gate_proj",
                                 "inverted-global-scale": "model.layers.20.self_attn.o_proj"}},
-    "gemma3-270m": {"best": "gemma3-270m-best", "subtle_formats": ["ct"],
+    "gemma3-270m": {"best": "gemma3-270m-best", "subtle_formats": [],
                     "layers": {"block-scales-x4": "model.layers.10.mlp.down_proj",
                                "zero-k-proj": "model.layers.1.self_attn.k_proj",
                                "flipped-signs": "model.layers.15.mlp.gate_proj",
@@ -56,10 +57,12 @@ def _quantize(recipe_name: str, out: Path, calib: dict | None, formats: list[str
     return {x.format: x.path for x in res}
 
 
-def _artefacts(model: str, root: Path) -> tuple[list[tuple[str, str, Path]], Path]:
-    """[(label, expected, path)] for one model, and its BF16 source."""
+def _artefacts(model: str, root: Path, extra: list[str]) -> tuple[list[tuple[str, str, Path]], Path]:
+    """[(label, expected, path)] for one model, and its BF16 source. `extra`: "model:label:path" of
+    more good artefacts made elsewhere (e.g. with other kernels, docs/reproducibility.md)."""
     spec = MODELS[model]
-    arts: list[tuple[str, str, Path]] = []
+    arts: list[tuple[str, str, Path]] = [(lab, "pass", Path(p)) for m, lab, p in (e.split(":", 2) for e in extra)
+                                         if m == model]
     first = None
     for label, calib in CALIBRATIONS:
         got = _quantize(model, root / model / label, calib, None)
@@ -108,7 +111,7 @@ def _md(rows_by_model: dict, meta: dict) -> str:
             for n in names:
                 c = r["checks"].get(n)
                 cells.append("—" if not c or c["passed"] is None else
-                             f"{c['value']} / {c['margin']:+g}" + ("" if c["passed"] else " ✗"))
+                             f"{c['value']} / {signed(c['margin'])}" + ("" if c["passed"] else " ✗"))
             mark = "" if r["right"] else " **WRONG**"
             lines.append(f"| {r['artefact']} | {r['expected']} | {r['verdict']}{mark} | " + " | ".join(cells) + " |")
         lines.append("")
@@ -127,6 +130,7 @@ def main() -> int:
     ap.add_argument("--out", type=Path, default=REPO / "out" / "verdicts")
     ap.add_argument("--models", nargs="*", default=list(MODELS))
     ap.add_argument("--rejudge", action="store_true", help="re-judge stored measurements, no engine")
+    ap.add_argument("--extra", action="append", default=[], help="MODEL:LABEL:PATH of another good artefact")
     a = ap.parse_args()
     meta = {"machine": f"{platform.machine()}, {__import__('os').cpu_count()} cores, {platform.processor() or 'cpu'}",
             "alpha": None}
@@ -138,7 +142,7 @@ def main() -> int:
             report = rejudge(json.loads(stored.read_text()))
             data, lab = report.to_dict(), json.loads(labels.read_text())
         else:
-            arts, source = _artefacts(model, a.out)
+            arts, source = _artefacts(model, a.out, a.extra)
             t0 = time.time()
             report = validate([str(p) for _, _, p in arts],
                               ValidateOptions(baseline=str(source), skip_inspect=True, log_dir=a.out / model / "logs"))

@@ -143,3 +143,18 @@ def test_bad_suite_names_file_line_and_field(tmp_path):
     bad.write_text("name: s\nprobes: []\nknowledge:\n  bank: x.yaml\n  min_retained: 2\n")
     with pytest.raises(UsageError, match=r"s.yaml:5: knowledge.min_retained: "):
         load_suite(str(bad))
+
+
+def test_nan_measurements_fail_and_render():
+    """NaN log-probabilities (NaN block scales) give NaN perplexity: a failed check whose value is
+    n/a, rendered everywhere without crashing."""
+    from quantkit.report import ValidationReport, Verdict, markdown
+
+    nan = {"perplexity": float("nan"), "blocks": [[float("nan"), 64]] * 3}
+    cs = _checks({"perplexity": nan, "knowledge": _knowledge(np.zeros(30, bool))},
+                 {"perplexity": _ppl(np.full(3, 2.7)), "knowledge": _knowledge(np.ones(30, bool))})
+    assert cs["perplexity-ceiling"].passed is False and cs["perplexity-ceiling"].value is None
+    assert cs["perplexity-ratio"].passed is False
+    assert "n/a" in cs["perplexity-ceiling"].summary()
+    v = Verdict("x", None, None, "compressed-tensors", "vllm-cpu", checks=[c.to_dict() for c in cs.values()])
+    assert "| perplexity-ceiling | — |" in markdown(ValidationReport([v], "smoke", "now", "0"))

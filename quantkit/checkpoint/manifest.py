@@ -10,7 +10,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-__all__ = ["MANIFEST", "sha256_file", "file_hashes", "content_hash", "tool_versions", "write_manifest",
+__all__ = ["MANIFEST", "sha256_file", "file_hashes", "content_hash", "tool_versions", "numerics", "write_manifest",
            "read_manifest"]
 
 MANIFEST = "quantkit.json"
@@ -48,6 +48,33 @@ def tool_versions() -> dict[str, str | None]:
         except md.PackageNotFoundError:
             out[dist] = None
     return out
+
+
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    import platform
+
+    return platform.processor() or platform.machine()
+
+
+def numerics() -> dict[str, Any]:
+    """What decides the low bits of a calibration on this machine (docs/reproducibility.md): the
+    kernels torch dispatches to (instruction set), its thread count, the CPU. Two machines that agree
+    on these produce bit-identical checkpoints from the same recipe, source and calibration."""
+    import os
+    import platform
+
+    import torch
+
+    return {"cpu": _cpu_model(), "machine": platform.machine(),
+            "torch_cpu_capability": torch.backends.cpu.get_cpu_capability(), "torch_threads": torch.get_num_threads(),
+            "onednn_max_cpu_isa": os.environ.get("ONEDNN_MAX_CPU_ISA"), "mkl": torch.backends.mkl.is_available(),
+            "cuda_device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None}
 
 
 def write_manifest(ckpt: Path, body: dict[str, Any]) -> dict[str, Any]:

@@ -46,6 +46,8 @@ def render_plan(plan, show_all: bool = False) -> None:
 
 def print_verdict(v) -> None:
     """One verdict: the headline, then each check with its margin, reasons and warnings."""
+    from quantkit.judge import signed
+
     color = "green" if v.verdict == "pass" else "red"
     ppl = f"  ppl {v.perplexity['perplexity']:.2f}" if v.perplexity else ""
     role = " [dim](baseline)[/]" if v.role == "baseline" else ""
@@ -58,7 +60,7 @@ def print_verdict(v) -> None:
         else:
             op = "<=" if c["direction"] == "max" else ">="
             console.print(f"  {mark} {c['name']}: {c['value']} ({'bound ' + str(c['bound']) + ' ' if c['bound'] != c['value'] else ''}"
-                          f"{op} {c['threshold']}, margin {c['margin']:+g})")
+                          f"{op} {c['threshold']}, margin {signed(c['margin'])})")
     for r in v.reasons:
         if not any(r.startswith(c["name"] + ":") for c in v.checks):
             console.print(f"  [red]-[/] {r}")
