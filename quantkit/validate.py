@@ -12,6 +12,7 @@ from __future__ import annotations
 import datetime as _dt
 import hashlib
 import json
+import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -170,10 +171,17 @@ def _baseline(path: Path, opts: ValidateOptions, suite: Suite, pairs: list[tuple
     if v.verdict == "engine-error":
         raise EngineError(f"baseline {path}: {v.reasons[0]}", hint=f"see {v.log_path}")
     cross.update({_text_key(*p): r["nll_per_token"] for p, r in zip(missing, scored)})
-    cache.parent.mkdir(parents=True, exist_ok=True)
-    cache.write_text(json.dumps(asdict(v), default=str))
-    cross_cache.write_text(json.dumps(cross))
+    _write_atomic(cache, json.dumps(asdict(v), default=str))
+    _write_atomic(cross_cache, json.dumps(cross))
     return v, cross
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    """Concurrent runs share the cache: a reader sees the old file or the new one, never half of one."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
 
 
 def _measurements(v: Verdict) -> dict:

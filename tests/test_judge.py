@@ -158,3 +158,10 @@ def test_nan_measurements_fail_and_render():
     assert "n/a" in cs["perplexity-ceiling"].summary()
     v = Verdict("x", None, None, "compressed-tensors", "vllm-cpu", checks=[c.to_dict() for c in cs.values()])
     assert "| perplexity-ceiling | — |" in markdown(ValidationReport([v], "smoke", "now", "0"))
+
+
+def test_suite_fingerprint_follows_measurements_not_thresholds():
+    stricter = SUITE.model_copy(update={"perplexity": SUITE.perplexity.model_copy(update={"max_ratio": 1.2})})
+    assert stricter.fingerprint() == SUITE.fingerprint()  # a cached baseline serves every threshold
+    fewer = SUITE.model_copy(update={"knowledge": SUITE.knowledge.model_copy(update={"distractors": 1})})
+    assert fewer.fingerprint() != SUITE.fingerprint()

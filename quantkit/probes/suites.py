@@ -6,6 +6,7 @@ returns one result per probe; judging is `quantkit.judge`'s and `quantkit.valida
 from __future__ import annotations
 
 import hashlib
+import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -103,9 +104,15 @@ class Suite(BaseModel):
         return load_bank(self._file(self.knowledge.bank)) if self.knowledge else None
 
     def fingerprint(self) -> str:
-        """Changes when anything that decides the suite's measurements changes (its file, its texts)."""
-        h = hashlib.sha256(self.model_dump_json(exclude={"path"}).encode())
-        for rel in filter(None, [self.perplexity and self.perplexity.text, self.knowledge and self.knowledge.bank]):
+        """Changes when anything that decides the measurements changes (prompts, texts, the bank, how
+        they are scored), not when a threshold does: a baseline measured once serves every threshold."""
+        p, k, lg = self.perplexity, self.knowledge, self.long_generation
+        decides = {"probes": [x.model_dump() for x in self.probes],
+                   "perplexity": p and p.model_dump(include={"text", "max_tokens_per_request", "block_tokens"}),
+                   "knowledge": k and k.model_dump(include={"bank", "distractors", "batch"}),
+                   "long": lg and lg.model_dump(include={"prompts", "max_tokens"})}
+        h = hashlib.sha256(json.dumps(decides, sort_keys=True).encode())
+        for rel in filter(None, [p and p.text, k and k.bank]):
             h.update(self._file(rel).read_bytes())
         return h.hexdigest()[:16]
 
