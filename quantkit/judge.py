@@ -158,12 +158,12 @@ def _long_checks(spec, cand, base) -> list[Check]:
     if not bl:
         return [Check("long-repetition", None, why=spec.why_max_repetition_increase, detail="no baseline"),
                 Check("long-surprise", None, why=spec.why_max_surprise_increase, detail="no baseline")]
-    reps = [(g["id"], g["repetition"] - bl[g["id"]]["repetition"]) for g in long if g["id"] in bl]
-    worst_id, worst = max(reps, key=lambda x: x[1])
-    out = [Check("long-repetition", worst <= spec.max_repetition_increase, _r(worst), _r(worst),
+    rises = [g["repetition"] - bl[g["id"]]["repetition"] for g in long if g["id"] in bl]
+    mean = sum(rises) / len(rises)
+    out = [Check("long-repetition", mean <= spec.max_repetition_increase, _r(mean), _r(mean),
                  spec.max_repetition_increase, "max", why=spec.why_max_repetition_increase,
-                 detail=f"worst prompt {worst_id}: {dict(long=[g['repetition'] for g in long])['long']} vs baseline "
-                        f"{[bl[g['id']]['repetition'] for g in long if g['id'] in bl]}")]
+                 detail="rise in repeated word 4-grams over the baseline's, per prompt: "
+                        + ", ".join(f"{x:+.2f}" for x in rises))]
     diffs = []
     for g in long:
         b = bl.get(g["id"])

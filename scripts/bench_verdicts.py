@@ -57,7 +57,7 @@ def _quantize(recipe_name: str, out: Path, calib: dict | None, formats: list[str
     return {x.format: x.path for x in res}
 
 
-def _artefacts(model: str, root: Path, extra: list[str]) -> tuple[list[tuple[str, str, Path]], Path]:
+def _artefacts(model: str, root: Path, extra: list[str], skip_best: bool = False) -> tuple[list[tuple[str, str, Path]], Path]:
     """[(label, expected, path)] for one model, and its BF16 source. `extra`: "model:label:path" of
     more good artefacts made elsewhere (e.g. with other kernels, docs/reproducibility.md)."""
     spec = MODELS[model]
@@ -68,8 +68,9 @@ def _artefacts(model: str, root: Path, extra: list[str]) -> tuple[list[tuple[str
         got = _quantize(model, root / model / label, calib, None)
         first = first or got
         arts += [(f"{label}/{'ct' if f == 'compressed-tensors' else f}", "pass", p) for f, p in got.items()]
-    best = _quantize(spec["best"], root / model / "best", None, None)
-    arts += [(f"best/{'ct' if f == 'compressed-tensors' else f}", "pass", p) for f, p in best.items()]
+    if not skip_best:
+        best = _quantize(spec["best"], root / model / "best", None, None)
+        arts += [(f"best/{'ct' if f == 'compressed-tensors' else f}", "pass", p) for f, p in best.items()]
     source = Path(json.loads((first["modelopt"] / "quantkit.json").read_text())["source"]["local_path"])
     broken = root / model / "broken"
     for fmt in spec["subtle_formats"]:
@@ -131,6 +132,7 @@ def main() -> int:
     ap.add_argument("--models", nargs="*", default=list(MODELS))
     ap.add_argument("--rejudge", action="store_true", help="re-judge stored measurements, no engine")
     ap.add_argument("--extra", action="append", default=[], help="MODEL:LABEL:PATH of another good artefact")
+    ap.add_argument("--skip-best", nargs="*", default=[], help="models whose GPTQ/mixed best recipe is left out")
     a = ap.parse_args()
     meta = {"machine": f"{platform.machine()}, {__import__('os').cpu_count()} cores, {platform.processor() or 'cpu'}",
             "alpha": None}
@@ -142,7 +144,7 @@ def main() -> int:
             report = rejudge(json.loads(stored.read_text()))
             data, lab = report.to_dict(), json.loads(labels.read_text())
         else:
-            arts, source = _artefacts(model, a.out, a.extra)
+            arts, source = _artefacts(model, a.out, a.extra, model in a.skip_best)
             t0 = time.time()
             report = validate([str(p) for _, _, p in arts],
                               ValidateOptions(baseline=str(source), skip_inspect=True, log_dir=a.out / model / "logs"))
