@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Iterator
 
 from quantkit.errors import RecipeError
+from quantkit.interrupts import deferred
 
 __all__ = ["atomic_dir", "remove_stale_partials", "pid_alive"]
 
@@ -75,9 +76,11 @@ def atomic_dir(final: Path, overwrite: bool = False) -> Iterator[Path]:
         raise RecipeError(f"output path exists: {final}", hint="choose another --out, or pass --overwrite")
     final.parent.mkdir(parents=True, exist_ok=True)
     remove_stale_partials(final)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.partial-{os.getpid()}-", dir=final.parent))
-    _MINE.add(tmp)
+    tmp: Path | None = None
     try:
+        with deferred():  # a signal between mkdtemp and recording `tmp` would leave the partial behind
+            tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.partial-{os.getpid()}-", dir=final.parent))
+            _MINE.add(tmp)
         yield tmp
         _normalize_modes(tmp)
         if final.exists():
@@ -88,9 +91,10 @@ def atomic_dir(final: Path, overwrite: bool = False) -> Iterator[Path]:
         else:
             os.replace(tmp, final)
     finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
-        _MINE.discard(tmp)
+        if tmp is not None:
+            if tmp.exists():
+                shutil.rmtree(tmp, ignore_errors=True)
+            _MINE.discard(tmp)
 
 
 def _normalize_modes(root: Path) -> None:

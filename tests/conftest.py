@@ -56,6 +56,31 @@ def smollm2_quantized(tmp_path_factory, smollm2_dir) -> dict[str, Path]:
     return {r.format: r.path for r in results}
 
 
+def default_signals() -> None:
+    """A `preexec_fn` for subprocesses a test will signal: SIGINT, SIGHUP and SIGTERM back at their
+    defaults, whatever the test runner ignored (a background job ignores SIGINT, nohup ignores SIGHUP),
+    since quantkit deliberately leaves an ignored signal ignored."""
+    import signal
+
+    for sig in (signal.SIGINT, signal.SIGHUP, signal.SIGTERM):
+        signal.signal(sig, signal.SIG_DFL)
+
+
+@pytest.fixture()
+def default_signal_handlers():
+    """The same for this process, restored after the test."""
+    import signal
+
+    saved = {sig: signal.getsignal(sig) for sig in (signal.SIGHUP, signal.SIGTERM)}
+    saved[signal.SIGINT] = signal.getsignal(signal.SIGINT)
+    for sig in (signal.SIGHUP, signal.SIGTERM):
+        signal.signal(sig, signal.SIG_DFL)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    for sig, old in saved.items():
+        signal.signal(sig, old)
+
+
 def write_recipe(path: Path, text: str) -> Path:
     path.write_text(text)
     return path

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from conftest import default_signals
 from tiny_models import save_tiny_checkpoint
 
 pytestmark = pytest.mark.e2e
@@ -20,7 +21,7 @@ pytestmark = pytest.mark.e2e
 def _start(recipe: Path, out: Path) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, "-m", "quantkit.cli.main", "quantize", str(recipe), "--out", str(out),
                              "--format", "ct"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            start_new_session=True)
+                            start_new_session=True, preexec_fn=default_signals)
 
 
 def _wait_for_partial(out: Path, proc: subprocess.Popen, timeout: float = 120) -> Path:

@@ -17,6 +17,8 @@ from pathlib import Path
 
 import pytest
 
+from conftest import default_signals
+
 DATA = Path(__file__).parent / "data"
 SIGNALS = [(signal.SIGTERM, 143), (signal.SIGHUP, 129), (signal.SIGINT, 130)]
 
@@ -80,7 +82,7 @@ def _validate(tmp_path: Path, engine_script: Path, **env) -> subprocess.Popen:
         [sys.executable, "-m", "quantkit.cli.main", "validate", str(ckpt), "--engine", "vllm",
          "--engine-python", str(engine_script), "--skip-inspect", "--timeout", "120",
          "--report-dir", str(tmp_path / "rep")],
-        cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=default_signals,
         env={**os.environ, "QUANTKIT_CACHE": str(tmp_path / "cache"), "FAKE_ENGINE_PY": sys.executable, **env})
 
 
@@ -169,7 +171,7 @@ def test_engine_left_outside_a_with_is_killed_at_exit(tmp_path, groups):
 # ---------------------------------------------------------------- the signal handling itself
 
 
-def test_signals_raise_terminated_and_handlers_are_restored():
+def test_signals_raise_terminated_and_handlers_are_restored(default_signal_handlers):
     from quantkit.interrupts import Terminated, deferred, signals_as_exceptions
 
     before = signal.getsignal(signal.SIGTERM)
@@ -269,7 +271,8 @@ with signals_as_exceptions():
 def test_interrupted_conversion_then_next_run_succeeds(tmp_path, monkeypatch, sig):
     cache = tmp_path / "cache" / "embedded"
     proc = subprocess.Popen([sys.executable, "-c", _SLOW_CONVERSION], cwd=tmp_path, stderr=subprocess.PIPE,
-                            text=True, env={**os.environ, "QUANTKIT_CACHE": str(tmp_path / "cache")})
+                            text=True, env={**os.environ, "QUANTKIT_CACHE": str(tmp_path / "cache")},
+                            preexec_fn=default_signals)
     partial = _wait_for(lambda: [p for p in cache.glob(".smollm2-135m.partial-*") if (p / "model.safetensors").exists()]
                         if cache.is_dir() else None, proc)[0]
     proc.send_signal(sig)
