@@ -13,7 +13,7 @@ from pathlib import Path
 
 from quantkit.engines.profiles import EngineProfile, engine_python
 from quantkit.engines.server import EngineServer, free_port, log_tail
-from quantkit.errors import EngineError, UsageError
+from quantkit.errors import EngineError, UsageError, first_line
 from quantkit.probes.detectors import bad_characters, blank, punctuation_run, wrong_script
 from quantkit.probes.knowledge import chance, score_bank
 from quantkit.probes.logscan import scan_log
@@ -60,7 +60,7 @@ _ERROR_LINE = re.compile(r"(\w+(?:Error|Exception)): (.+)")
 
 def _root_cause(message: str, log: Path) -> str:
     """First line of the engine error plus the root-cause exception from its log, if any."""
-    first = (message.splitlines() or ["engine error"])[0]
+    first = first_line(message) or "engine error"
     causes = [m for m in _ERROR_LINE.findall(log_tail(log, 400)) if "initialization failed" not in m[1]]
     if causes:
         kind, text = causes[-1]

@@ -28,7 +28,7 @@ class Item(BaseModel):
 
     @field_validator("answer", "distractors")
     @classmethod
-    def _leading_space(cls, v):
+    def _not_blank(cls, v):
         for s in [v] if isinstance(v, str) else v:
             if not s.strip():
                 raise ValueError("options must not be blank")
