@@ -1,6 +1,7 @@
 """The one loader for quantkit's YAML data files (recipes, probe suites, knowledge banks, engine
-profiles): strict pydantic schemas, and every error names the file, the line and the field, in one
-line, with the next step."""
+profiles, log patterns, calibration specs): strict pydantic schemas, and every error names the file,
+the line and the field, in one line, with the next step. tests/test_datafiles.py loads every shipped
+file through it."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from typing import TypeVar
 import yaml
 from pydantic import BaseModel, ValidationError
 
-from quantkit.errors import QuantkitError, UsageError
+from quantkit.errors import QuantkitError, UsageError, first_line
 
 __all__ = ["load_yaml_model", "load_yaml_mapping", "line_of"]
 
@@ -51,7 +52,7 @@ def load_yaml_mapping(path: Path, what: str, error: type[QuantkitError] = UsageE
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"{path}:{mark.line + 1}" if mark else str(path)
-        problem = getattr(exc, "problem", None) or (str(exc).splitlines() or ["unreadable"])[0]
+        problem = getattr(exc, "problem", None) or first_line(exc) or "unreadable"
         raise error(f"{where}: invalid YAML: {problem}", hint="fix the YAML syntax at that line") from exc
     if not isinstance(data, dict):
         raise error(f"{path}: a {what} must be a YAML mapping", hint=hint)

@@ -5,7 +5,7 @@ inspect (headers) -> each candidate served and measured (greedy probes, knowledg
 generations) -> the baseline served once (its own measurements + its log-likelihood of every
 candidate's long generations; cached by content hash) -> checks and verdicts. Without a baseline only
 the hard detectors and absolute ceilings judge, and every verdict says so. Exit codes: 0 pass,
-1 a failed check, 2 engine failure, 3 usage error."""
+1 a failed check, 2 engine failure, 3 usage error, 70 internal error (a quantkit bug)."""
 
 from __future__ import annotations
 

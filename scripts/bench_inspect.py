@@ -16,8 +16,6 @@ from __future__ import annotations
 import builtins
 import io
 import json
-import os
-import platform
 import shutil
 import statistics
 import struct
@@ -26,6 +24,8 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+
+from _machine import machine
 
 REPO = Path(__file__).resolve().parents[1]
 SHARDS = 30
@@ -191,15 +191,6 @@ def _rchar() -> int:
         if line.startswith("rchar:"):
             return int(line.split()[1])
     return -1
-
-
-def machine() -> dict:
-    cpu = next((ln.split(":", 1)[1].strip() for ln in Path("/proc/cpuinfo").read_text().splitlines()
-                if ln.startswith("model name")), platform.processor() or "?")
-    mem = next((int(ln.split()[1]) * 1024 for ln in Path("/proc/meminfo").read_text().splitlines()
-                if ln.startswith("MemTotal")), 0)
-    return {"cpu": cpu, "cores": os.cpu_count(), "ram_gb": round(mem / 1e9, 1), "python": platform.python_version(),
-            "os": platform.platform(), "load_avg_1m": round(os.getloadavg()[0], 2)}
 
 
 def main() -> int:

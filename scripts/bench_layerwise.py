@@ -13,12 +13,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import subprocess
 import sys
 import threading
 import time
 from pathlib import Path
+
+from _machine import describe, machine
 
 ROOT = Path(__file__).resolve().parents[1]
 SHAPE = dict(hidden_size=5120, intermediate_size=13824, num_attention_heads=40, num_key_value_heads=8,
@@ -133,18 +134,10 @@ def quantize(src: Path, out: Path, extra: list[str], kill_after_layers: int | No
     return res
 
 
-def machine() -> str:
-    import psutil
-
-    cpu = next((ln.split(":", 1)[1].strip() for ln in open("/proc/cpuinfo") if ln.startswith("model name")), "?")
-    return (f"{platform.machine()}, {os.cpu_count()} cores ({cpu}), {psutil.virtual_memory().total / 2**30:.1f} GiB RAM, "
-            f"no swap, Python {platform.python_version()}")
-
-
 def run(src: Path, out: Path, kill_at: int | None) -> None:
     idx = json.loads((src / "model.safetensors.index.json").read_text())
     bf16 = idx["metadata"]["total_size"]
-    results = {"machine": machine(), "model": str(src), "bf16_bytes": bf16,
+    results = {"machine": describe(machine()), "model": str(src), "bf16_bytes": bf16,
                "layers": json.loads((src / "config.json").read_text())["num_hidden_layers"]}
     print(f"model: {bf16 / 2**30:.1f} GiB BF16; machine: {results['machine']}")
     import shutil

@@ -13,12 +13,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+
+from _machine import machine
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -66,15 +67,6 @@ def run(argv: list[str]) -> dict:
     if os.waitstatus_to_exitcode(status) != 0:
         raise SystemExit(f"failed: {' '.join(argv[:4])}...\n{err.decode(errors='replace')[-2000:]}")
     return {"wall_s": round(wall, 2), "peak_rss_mb": round(usage.ru_maxrss / 1024, 1)}
-
-
-def machine() -> dict:
-    cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), "?")
-    mem = next((int(l.split()[1]) for l in open("/proc/meminfo") if l.startswith("MemTotal")), 0)
-    import torch
-
-    return {"cpu": cpu, "cores": os.cpu_count(), "ram_gb": round(mem / 1e6, 1), "python": platform.python_version(),
-            "torch": torch.__version__, "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None}
 
 
 def main() -> None:
@@ -132,7 +124,7 @@ def main() -> None:
     both["time_ratio_vs_sum_of_one_format_runs"] = round(
         both["wall_s"] / (table[("modelopt", "quantkit")]["wall_s"] + table[("compressed-tensors", "quantkit")]["wall_s"]), 3)
     result = {"model": args.model, "samples": len(calib.input_ids), "seq_len": args.seq_len, "tokens": calib.tokens,
-              "repeat": args.repeat, "machine": machine(), "rows": rows,
+              "repeat": args.repeat, "machine": machine(torch_info=True), "rows": rows,
               "note": "wall time of the whole process (imports, load, calibrate, export; quantkit adds plan, verify, "
                       "manifest); best of --repeat runs"}
     out = Path(args.out)

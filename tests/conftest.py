@@ -3,7 +3,6 @@ variants, tiny hybrid checkpoints) are built once per session."""
 
 from __future__ import annotations
 
-import os
 import sys
 from pathlib import Path
 
@@ -12,11 +11,6 @@ import pytest
 sys.path.insert(0, str(Path(__file__).parent))
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-def pytest_configure(config):
-    # Keep quantkit's embedded-model cache inside the run unless the caller chose one.
-    os.environ.setdefault("QUANTKIT_CACHE", str(Path.home() / ".cache" / "quantkit"))
 
 
 def cuda_available() -> bool:

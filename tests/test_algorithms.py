@@ -10,8 +10,6 @@ from quantkit.checkpoint.formats import stored_modules
 from quantkit.checkpoint.headers import checkpoint_tensors
 from tiny_models import save_tiny_checkpoint
 
-pytestmark = pytest.mark.e2e
-
 
 @pytest.fixture(scope="module")
 def tiny_src(tmp_path_factory):
@@ -20,6 +18,7 @@ def tiny_src(tmp_path_factory):
     return p
 
 
+@pytest.mark.e2e  # quantizes; the refusals below fail before anything is loaded and are fast
 @pytest.mark.parametrize("algorithm", ["minmax", "mse", "gptq"])
 def test_llmcompressor_algorithms_produce_verified_nvfp4(tiny_src, tmp_path, algorithm):
     import json
@@ -53,6 +52,7 @@ def test_unknown_algorithm_lists_supported(capsys):
     assert "supported here: minmax, mse, gptq" in capsys.readouterr().err
 
 
+@pytest.mark.e2e
 def test_one_algorithm_per_backend(tiny_src, tmp_path):
     """`algorithm: {modelopt: minmax, llmcompressor: gptq}`: each library runs its own best option
     in one `--format both` run; the manifests record what each was given."""

@@ -61,6 +61,6 @@ def test_recorded_nan_outputs_are_blank():
 def test_recorded_scrambled_outputs_mostly_caught_by_string_detectors():
     scrambled = [r for r in RECORDED if "scrambled" in r["source"]]
     fired = [r for r in scrambled if d.run_detectors(r["text"])]
-    # String detectors alone catch only some fluent garbage; expected answers and reference
-    # perplexity catch the rest (see test_validate_vllm).
-    assert 0 < len(fired) < len(scrambled)
+    # String detectors alone catch most, not all, fluent garbage (6 of 10 recorded); expected answers
+    # and reference perplexity catch the rest (see test_validate_vllm).
+    assert len(scrambled) / 2 < len(fired) < len(scrambled), (len(fired), len(scrambled))

@@ -2,6 +2,12 @@
 the next step, and an exit code CI can gate on. Tracebacks only with --debug (or
 QUANTKIT_DEBUG=1).
 
+Exit codes: 0 ok, 1 a failed check or step, 2 engine failure, 3 bad input, 70 an internal crash (an
+unexpected exception: a quantkit bug, EX_SOFTWARE), so CI can tell a crash from a failed check.
+Hugging Face Hub errors are mapped through the one table `quantkit.errors.HUB_ERRORS` (gated,
+not found, revision, offline, HTTP) to one line with the next step; torch's out-of-memory to the
+memory options.
+
 Interruptions: Ctrl-C (SIGINT) exits 130; SIGTERM (a cancelled CI job, `kill`) and SIGHUP (a
 closed terminal) are turned into exceptions for the command's duration (quantkit.interrupts), so
 engines are stopped and partial outputs removed exactly as for Ctrl-C, and exit 128 + signal:
@@ -11,14 +17,13 @@ from __future__ import annotations
 
 import os
 import sys
-from typing import Callable
 
 import typer
 
-from quantkit.errors import QuantkitError, first_line
+from quantkit.errors import EXIT_INTERNAL, QuantkitError, first_line, hub_problem
 from quantkit.interrupts import Terminated, signals_as_exceptions
 
-__all__ = ["run_with_boundary", "EXIT_USAGE", "EXIT_INTERRUPTED"]
+__all__ = ["run_with_boundary", "EXIT_USAGE", "EXIT_INTERRUPTED", "EXIT_INTERNAL"]
 
 EXIT_USAGE = 3
 EXIT_INTERRUPTED = 130
@@ -79,12 +84,22 @@ def run_with_boundary(command, argv: list[str]) -> int:
             raise
         _say("out of memory", _OOM_HINT)
         return 1
-    except Exception as exc:  # an unexpected failure: still one line, traceback on demand
+    except Exception as exc:  # not a QuantkitError: still one line, traceback on demand
         if debug:
             raise
-        if _is_torch_oom(exc):
-            _say(f"out of memory: {first_line(exc, 160)}", _OOM_HINT)
-            return 1
-        first = first_line(exc)
-        _say(f"{type(exc).__name__}: {first}", "run again with --debug for the traceback, and report it if it is a quantkit bug")
+        return _unexpected(exc)
+
+
+def _unexpected(exc: Exception) -> int:
+    """An exception quantkit did not raise itself: a Hub error (possibly wrapped, e.g. by
+    transformers), torch's out-of-memory, or else an internal crash, which gets its own exit code."""
+    hub = hub_problem(exc)
+    if hub:
+        _say(hub.message, hub.hint)
+        return hub.exit_code
+    if _is_torch_oom(exc):
+        _say(f"out of memory: {first_line(exc, 160)}", _OOM_HINT)
         return 1
+    _say(f"{type(exc).__name__}: {first_line(exc)}",
+         "run again with --debug for the traceback, and report it if it is a quantkit bug")
+    return EXIT_INTERNAL

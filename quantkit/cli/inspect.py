@@ -107,7 +107,8 @@ def register(app: typer.Typer) -> None:
         of every linear, exclusions against the family preset and against the names vLLM builds,
         missing scales, and the decode ceiling on DGX Spark and other Blackwell machines.
 
-        Exit code 1 when there are errors (with --fail-on warning: also warnings), 0 otherwise.
+        Exit code 1 when there are errors (with --fail-on warning: also warnings), 0 otherwise; 3 bad
+        input, 70 internal error (a quantkit bug).
 
         Examples:
 

@@ -29,8 +29,8 @@ app = typer.Typer(
          "  quantkit validate out/smollm2/modelopt out/smollm2/ct --junit report.xml\n\n"
          "  quantkit variants smollm2-135m --out out/smollm2\n\n"
          "  quantkit publish out/smollm2/ct --to dir:/srv/models/smollm2-nvfp4-ct\n\n"
-         "Exit codes: 0 ok, 1 a failed check, 2 engine failure, 3 bad input; interrupted: 130 Ctrl-C, "
-         "143 SIGTERM, 129 SIGHUP (engines stopped, nothing written). Docs: docs/.",
+         "Exit codes: 0 ok, 1 a failed check, 2 engine failure, 3 bad input, 70 internal error (a quantkit "
+         "bug); interrupted: 130 Ctrl-C, 143 SIGTERM, 129 SIGHUP (engines stopped, nothing written). Docs: docs/.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     add_completion=False,

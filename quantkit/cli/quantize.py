@@ -10,64 +10,6 @@ import typer
 from quantkit.cli._options import BackendOpt, ExcludeOpt, FormatOpt, RecipeArg, StrictOpt
 
 
-class RichReporter:
-    """Progress bars and stage lines on the terminal (rich)."""
-
-    def __init__(self) -> None:
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-        from quantkit.cli.render import console
-
-        self.console = console
-        self.progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                                 TimeElapsedColumn(), console=console, transient=True)
-        self.tasks: dict[str, int] = {}
-
-    def __enter__(self):
-        self.progress.start()
-        return self
-
-    def __exit__(self, *exc):
-        self.progress.stop()
-
-    def stage(self, name: str, detail: str = "") -> None:
-        from rich.markup import escape
-
-        self.console.print(f"[bold cyan]>[/] {escape(name)}" + (f"  [dim]{escape(detail)}[/]" if detail else ""))
-
-    def advance(self, name: str, done: int, total: int) -> None:
-        if name not in self.tasks:
-            self.tasks[name] = self.progress.add_task(name, total=total)
-        self.progress.update(self.tasks[name], completed=done, total=total)
-        if done >= total:
-            self.progress.remove_task(self.tasks.pop(name))
-
-    def info(self, message: str) -> None:
-        from rich.markup import escape
-
-        style = "yellow" if message.startswith("warning") else "dim"
-        self.console.print(f"  [{style}]{escape(message)}[/]")
-
-
-def _summary(results) -> None:
-    from rich.table import Table
-
-    from quantkit.cli.render import console, human_bytes
-
-    t = Table(title="quantkit quantize", box=None, pad_edge=False)
-    for col in ("format", "FP4/kept", "size", "calib", "export", "total", "peak RSS"):
-        t.add_column(col)
-    for r in results:
-        tm = r.timings
-        t.add_row(r.format, f"{r.fp4_modules}/{r.kept_modules}",
-                  f"{human_bytes(r.source_bytes)} -> {human_bytes(r.size_bytes)}",
-                  f"{tm.get('calibrate', 0):.1f}s", f"{tm.get('export', 0):.1f}s",
-                  f"{sum(tm.values()):.1f}s", human_bytes(r.peak_rss_bytes))
-    console.print(t)
-    for r in results:
-        console.print(f"[green]wrote[/] {r.path}  [dim]({r.manifest['content_hash'][:19]}...)[/]")
-
-
 def register(app: typer.Typer) -> None:
     @app.command("quantize", short_help="Quantize to NVFP4 (ModelOpt and/or compressed-tensors) from a recipe.")
     def quantize(
@@ -117,6 +59,7 @@ def register(app: typer.Typer) -> None:
 
           quantkit quantize qwen3.5-122b-a10b --max-memory 100GiB --out out/q122b   (then --resume if killed)
         """
+        from quantkit.cli.render import RichReporter, quantize_summary
         from quantkit.quantize import QuantizeOptions, parse_format
         from quantkit.quantize import quantize as run
         from quantkit.recipe import resolve_recipe
@@ -129,4 +72,4 @@ def register(app: typer.Typer) -> None:
                                max_memory=parse_size(max_memory) if max_memory else None)
         with RichReporter() as rep:
             results = run(r, opts, rep)
-        _summary(results)
+        quantize_summary(results)

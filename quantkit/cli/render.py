@@ -1,13 +1,65 @@
-"""Rich renderings shared by commands (plans, summaries)."""
+"""Rich renderings shared by commands (plans, progress bars, summaries, verdicts); the library
+reports through `quantkit.progress` and never imports this."""
 
 from __future__ import annotations
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
-__all__ = ["console", "human_bytes", "render_plan", "print_verdict"]
+__all__ = ["console", "human_bytes", "render_plan", "print_verdict", "RichReporter", "quantize_summary"]
 
 console = Console(stderr=False)
+
+
+class RichReporter:
+    """Progress bars and stage lines on the terminal: the `quantkit.progress` reporter that
+    quantize, validate, variants and run hand to the library."""
+
+    def __init__(self) -> None:
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+        self.console = console
+        self.progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                                 TimeElapsedColumn(), console=console, transient=True)
+        self.tasks: dict[str, int] = {}
+
+    def __enter__(self):
+        self.progress.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.progress.stop()
+
+    def stage(self, name: str, detail: str = "") -> None:
+        self.console.print(f"[bold cyan]>[/] {escape(name)}" + (f"  [dim]{escape(detail)}[/]" if detail else ""))
+
+    def advance(self, name: str, done: int, total: int) -> None:
+        if name not in self.tasks:
+            self.tasks[name] = self.progress.add_task(name, total=total)
+        self.progress.update(self.tasks[name], completed=done, total=total)
+        if done >= total:
+            self.progress.remove_task(self.tasks.pop(name))
+
+    def info(self, message: str) -> None:
+        style = "yellow" if message.startswith("warning") else "dim"
+        self.console.print(f"  [{style}]{escape(message)}[/]")
+
+
+def quantize_summary(results) -> None:
+    """One row per written checkpoint (sizes, timings, peak memory), then where each was written."""
+    t = Table(title="quantkit quantize", box=None, pad_edge=False)
+    for col in ("format", "FP4/kept", "size", "calib", "export", "total", "peak RSS"):
+        t.add_column(col)
+    for r in results:
+        tm = r.timings
+        t.add_row(r.format, f"{r.fp4_modules}/{r.kept_modules}",
+                  f"{human_bytes(r.source_bytes)} -> {human_bytes(r.size_bytes)}",
+                  f"{tm.get('calibrate', 0):.1f}s", f"{tm.get('export', 0):.1f}s",
+                  f"{sum(tm.values()):.1f}s", human_bytes(r.peak_rss_bytes))
+    console.print(t)
+    for r in results:
+        console.print(f"[green]wrote[/] {r.path}  [dim]({r.manifest['content_hash'][:19]}...)[/]")
 
 
 def human_bytes(n: float) -> str:

@@ -31,8 +31,7 @@ def register(app: typer.Typer) -> None:
 
           quantkit run grm-27b --to hf:me/GRM-2.6-Opus-NVFP4
         """
-        from quantkit.cli.quantize import RichReporter, _summary
-        from quantkit.cli.render import console
+        from quantkit.cli.render import RichReporter, console, quantize_summary
         from quantkit.pipeline import run_pipeline
         from quantkit.quantize import QuantizeOptions, parse_format
         from quantkit.recipe import resolve_recipe
@@ -45,7 +44,7 @@ def register(app: typer.Typer) -> None:
                                 max_ppl_ratio=r.validate_.max_ppl_ratio)
         with RichReporter() as rep:
             res = run_pipeline(r, qopts, vopts, to, rep)
-        _summary(res.quantized)
+        quantize_summary(res.quantized)
         for v in res.validation.verdicts:
             console.print(f"{v.verdict.upper():<12} {v.target}" + "".join(f"\n  - {x}" for x in v.reasons))
         if res.stopped_at:

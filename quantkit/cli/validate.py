@@ -42,7 +42,7 @@ def register(app: typer.Typer) -> None:
         replacement characters), teacher-forced knowledge items, reference perplexity, long-generation
         drift. Each check reports its value, threshold and margin (validate/smoke.yaml says why each
         threshold is where it is). Exit codes: 0 pass, 1 a failed check, 2 engine failed to start or
-        died, 3 usage error.
+        died, 3 usage error, 70 internal error (a quantkit bug).
 
         Examples:
 
@@ -58,8 +58,7 @@ def register(app: typer.Typer) -> None:
         """
         import json
 
-        from quantkit.cli.quantize import RichReporter
-        from quantkit.cli.render import console, print_verdict
+        from quantkit.cli.render import RichReporter, console, print_verdict
         from quantkit.report import write_reports
         from quantkit.validate import ValidateOptions
         from quantkit.validate import validate as run

@@ -34,8 +34,7 @@ def register(app: typer.Typer) -> None:
 
           quantkit variants grm-27b --out out/grm-27b --engine vllm-docker
         """
-        from quantkit.cli.quantize import RichReporter
-        from quantkit.cli.render import console
+        from quantkit.cli.render import RichReporter, console
         from quantkit.quantize import QuantizeOptions
         from quantkit.recipe import resolve_recipe
         from quantkit.validate import ValidateOptions

@@ -8,16 +8,18 @@ import shutil
 import sys
 from pathlib import Path
 
-import yaml
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, RootModel
 
-from quantkit.errors import RecipeError
+from quantkit.datafile import load_yaml_model
+from quantkit.errors import UsageError
 from quantkit.resources import data_dir
 
 __all__ = ["EngineProfile", "load_profiles", "get_profile", "engine_python"]
 
 
 class EngineProfile(BaseModel):
+    """One engine. `name` is its key in the file, filled in by `load_profiles`."""
+
     model_config = ConfigDict(extra="forbid")
     name: str = ""
     description: str = ""
@@ -46,21 +48,28 @@ class EngineProfile(BaseModel):
             argv += self.quant_flags.get(fmt, [])
         if moe_marlin:
             if not self.moe_marlin_flags:
-                raise RecipeError(f"engine {self.name} has no MoE backend option", hint="drop --moe-marlin")
+                raise UsageError(f"engine {self.name} has no MoE backend option", hint="drop --moe-marlin")
             argv += self.moe_marlin_flags
         return argv + list(extra)
 
 
-def load_profiles() -> dict[str, EngineProfile]:
-    raw = yaml.safe_load((data_dir("validate") / "engines.yaml").read_text())
-    return {k: EngineProfile(name=k, **v) for k, v in raw.items()}
+class _Profiles(RootModel[dict[str, EngineProfile]]):
+    """The file's schema: engine name -> profile."""
+
+
+def load_profiles(path: Path | None = None) -> dict[str, EngineProfile]:
+    """The profiles of `path` (default: the shipped validate/engines.yaml), through the one data-file
+    loader, so a mistake in the file is reported as file:line: field."""
+    path = Path(path) if path else data_dir("validate") / "engines.yaml"
+    profiles = load_yaml_model(path, _Profiles, "engine profiles", hint="see validate/engines.yaml for the schema")
+    return {k: p.model_copy(update={"name": k}) for k, p in profiles.root.items()}
 
 
 def get_profile(name: str) -> EngineProfile:
     profiles = load_profiles()
     if name not in profiles:
-        raise RecipeError(f"unknown engine {name!r}; known: {', '.join(profiles)}",
-                          hint="pick one with --engine (see validate/engines.yaml)")
+        raise UsageError(f"unknown engine {name!r}; known: {', '.join(profiles)}",
+                         hint="pick one with --engine (see validate/engines.yaml)")
     return profiles[name]
 
 
@@ -77,6 +86,6 @@ def engine_python(profile: EngineProfile, explicit: str | None = None) -> str:
             cand = root / ".venv-vllm" / "bin" / "python"
             if cand.exists():
                 return str(cand)
-        raise RecipeError("no vLLM environment for the vllm-cpu engine",
-                          hint="run `bash scripts/setup_vllm.sh` (creates .venv-vllm), or pass --engine-python")
+        raise UsageError("no vLLM environment for the vllm-cpu engine",
+                         hint="run `bash scripts/setup_vllm.sh` (creates .venv-vllm), or pass --engine-python")
     return shutil.which("python3") or sys.executable
