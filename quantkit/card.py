@@ -11,12 +11,11 @@ __all__ = ["serve_commands", "build_card"]
 
 
 def serve_commands(fmt: str, repo: str) -> dict[str, str]:
-    """vLLM and SGLang commands; only ModelOpt checkpoints get a quantization flag (vLLM
-    auto-detects compressed-tensors, and passing a flag is a classic first-run failure)."""
-    if fmt == "modelopt":
-        return {"vllm": f"vllm serve {repo} --quantization modelopt",
-                "sglang": f"python -m sglang.launch_server --model-path {repo} --quantization modelopt_fp4"}
-    return {"vllm": f"vllm serve {repo}", "sglang": f"python -m sglang.launch_server --model-path {repo}"}
+    """vLLM and SGLang commands, as the format says (only some formats need a quantization flag;
+    passing one where the engine auto-detects is a classic first-run failure)."""
+    from quantkit.checkpoint.formats import get_format
+
+    return get_format(fmt).serve_commands(repo)
 
 
 def _kept_table(manifest: dict) -> list[str]:
@@ -35,9 +34,9 @@ def build_card(*, repo: str, fmt: str, manifest: dict, validation: dict | None, 
                license: str | None, family: str | None, content_hash: str, forced: bool, quantkit_version: str):
     from huggingface_hub import ModelCard, ModelCardData
 
-    from quantkit.judge import signed
+    from quantkit.checkpoint.formats import get_format
 
-    tags = ["nvfp4", "fp4", "quantized", "modelopt" if fmt == "modelopt" else "compressed-tensors", "quantkit"]
+    tags = ["nvfp4", "fp4", "quantized", get_format(fmt).hub_tag, "quantkit"]
     if family:
         tags.append(family)
     data = ModelCardData(base_model=base_model, base_model_relation="quantized" if base_model else None,
@@ -49,7 +48,7 @@ def build_card(*, repo: str, fmt: str, manifest: dict, validation: dict | None, 
     lines = [f"# {repo.split('/')[-1]}", "",
              f"NVFP4 (W4A4: FP4 E2M1 weights and activations, FP8 E4M3 scale per 16 values, FP32 global scale) "
              f"quantization of [{base_model}](https://huggingface.co/{base_model}) in the "
-             f"**{'ModelOpt' if fmt == 'modelopt' else 'compressed-tensors'}** format, made with quantkit "
+             f"**{get_format(fmt).title}** format, made with quantkit "
              f"{quantkit_version} ({manifest.get('backend')}).", ""]
     if forced:
         lines += ["> **Warning: published with `--force` — this exact checkpoint has NOT passed quantkit validation.**", ""]
@@ -60,36 +59,44 @@ def build_card(*, repo: str, fmt: str, manifest: dict, validation: dict | None, 
     lines += ["", "## Calibration", "",
               f"{cal.get('samples')} samples of {cal.get('dataset')} (<= {cal.get('seq_len')} tokens, seed {cal.get('seed')}, "
               f"{cal.get('tokens')} tokens; fingerprint `{str(cal.get('fingerprint'))[:23]}...`)", ""]
-    lines += ["## Validation", ""]
-    if validation:
-        v = validation["verdicts"][0]
-        ppl = v.get("perplexity") or {}
-        base = v.get("baseline") or {}
-        facts = (v.get("logscan") or {}).get("facts", {})
-        lines += [f"Verdict **{v['verdict'].upper()}** with engine `{v['engine']}` "
-                  f"(vLLM {', '.join(facts.get('vllm_version', ['?']))}; NVFP4 kernel "
-                  f"{', '.join(facts.get('nvfp4_linear_kernel', ['?']))}), suite `{validation.get('suite')}`, "
-                  f"{validation.get('created')}."]
-        if ppl:
-            lines.append(f"Reference perplexity {ppl.get('perplexity'):.2f}" +
-                         (f" (BF16 baseline {base['perplexity']:.2f})" if base.get("perplexity") else "") + ".")
-        if not base:
-            lines.append("Judged without a BF16 baseline: hard detectors and absolute ceilings only.")
-        if v.get("note"):
-            lines += ["", f"> {v['note']}"]
-        checks = [c for c in v.get("checks", []) if c.get("passed") is not None]
-        if checks:
-            lines += ["", "| check | value | threshold | margin |", "|---|---|---|---|"]
-            for c in checks:
-                op = "<=" if c["direction"] == "max" else ">="
-                lines.append(f"| {c['name']} | {c['value']} | {op} {c['threshold']} | {signed(c['margin'])} |")
-        lines += ["", "| probe | passed | output |", "|---|---|---|"]
-        for p in v.get("probes", []):
-            out = p["text"].strip().replace("\n", " ").replace("|", "\\|")[:80]
-            lines.append(f"| {p['id']} | {'yes' if p['passed'] else 'no'} | {out} |")
-    else:
-        lines.append("Not validated.")
+    lines += ["## Validation", ""] + _validation_lines(validation)
     lines += ["", "## Provenance", "", f"- content hash (all files but README.md and quantkit files): `{content_hash}`",
               f"- recipe: `quantkit-recipe.yaml`; manifest with versions and per-file sha256: `quantkit.json`",
               f"- versions: " + ", ".join(f"{k} {v}" for k, v in (manifest.get("versions") or {}).items() if v), ""]
     return ModelCard(f"---\n{data.to_yaml()}\n---\n\n" + "\n".join(lines))
+
+
+def _validation_lines(validation: dict | None) -> list[str]:
+    """The validation section: verdict, engine and kernel, perplexity vs baseline, every check
+    with its margin, the greedy probes."""
+    from quantkit.judge import signed
+
+    if not validation:
+        return ["Not validated."]
+    lines: list[str] = []
+    v = validation["verdicts"][0]
+    ppl = v.get("perplexity") or {}
+    base = v.get("baseline") or {}
+    facts = (v.get("logscan") or {}).get("facts", {})
+    lines += [f"Verdict **{v['verdict'].upper()}** with engine `{v['engine']}` "
+              f"(vLLM {', '.join(facts.get('vllm_version', ['?']))}; NVFP4 kernel "
+              f"{', '.join(facts.get('nvfp4_linear_kernel', ['?']))}), suite `{validation.get('suite')}`, "
+              f"{validation.get('created')}."]
+    if ppl:
+        lines.append(f"Reference perplexity {ppl.get('perplexity'):.2f}" +
+                     (f" (BF16 baseline {base['perplexity']:.2f})" if base.get("perplexity") else "") + ".")
+    if not base:
+        lines.append("Judged without a BF16 baseline: hard detectors and absolute ceilings only.")
+    if v.get("note"):
+        lines += ["", f"> {v['note']}"]
+    checks = [c for c in v.get("checks", []) if c.get("passed") is not None]
+    if checks:
+        lines += ["", "| check | value | threshold | margin |", "|---|---|---|---|"]
+        for c in checks:
+            op = "<=" if c["direction"] == "max" else ">="
+            lines.append(f"| {c['name']} | {c['value']} | {op} {c['threshold']} | {signed(c['margin'])} |")
+    lines += ["", "| probe | passed | output |", "|---|---|---|"]
+    for p in v.get("probes", []):
+        out = p["text"].strip().replace("\n", " ").replace("|", "\\|")[:80]
+        lines.append(f"| {p['id']} | {'yes' if p['passed'] else 'no'} | {out} |")
+    return lines

@@ -22,7 +22,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from quantkit.atomic import atomic_dir, remove_stale_partials
+from quantkit.checkpoint.atomic import atomic_dir, remove_stale_partials
 from quantkit.errors import ModelSourceError
 from quantkit.resources import cache_root
 
@@ -133,15 +133,7 @@ def _spm_bpe_tokenizer(gguf: Path):
     if len(vocab) != len(tokens):
         raise ModelSourceError(f"{gguf.name}: duplicate tokens in the vocabulary")
     normal = {t for t, ty in zip(tokens, types) if ty == TokenType.NORMAL}
-    if f.get("merges"):
-        merges = [tuple(m.split(" ", 1)) for m in f["merges"]]
-    else:
-        ranked = []
-        for i, t in enumerate(tokens):
-            if t in normal:
-                splits = [(t[:k], t[k:]) for k in range(1, len(t)) if t[:k] in normal and t[k:] in normal]
-                ranked += [(-scores[i], vocab[a], vocab[b], a, b) for a, b in splits]
-        merges = [(a, b) for *_, a, b in sorted(ranked)]
+    merges = [tuple(m.split(" ", 1)) for m in f["merges"]] if f.get("merges") else _spm_merges(tokens, scores, normal, vocab)
 
     def tok(key: str) -> str | None:
         return tokens[f[key]] if key in f else None
@@ -173,6 +165,17 @@ def _spm_bpe_tokenizer(gguf: Path):
         tokenizer_object=backend, bos_token=bos, eos_token=eos, unk_token=tok("unknown_token_id"),
         pad_token=tok("padding_token_id"), add_bos_token=add_bos, add_eos_token=add_eos,
         clean_up_tokenization_spaces=False, **extra)
+
+
+def _spm_merges(tokens: list[str], scores: list[float], normal: set[str], vocab: dict[str, int]) -> list[tuple[str, str]]:
+    """BPE merges from SentencePiece scores: every split of a normal piece into two normal pieces,
+    the piece with the higher score first (ties by the parts' ids)."""
+    ranked = []
+    for i, t in enumerate(tokens):
+        if t in normal:
+            splits = [(t[:k], t[k:]) for k in range(1, len(t)) if t[:k] in normal and t[k:] in normal]
+            ranked += [(-scores[i], vocab[a], vocab[b], a, b) for a, b in splits]
+    return [(a, b) for *_, a, b in sorted(ranked)]
 
 
 _TOKENIZER_FIXES = {"spm-bpe": _spm_bpe_tokenizer}

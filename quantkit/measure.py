@@ -11,6 +11,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from quantkit.checkpoint.formats import FORMATS
 from quantkit.engines.profiles import EngineProfile, engine_python
 from quantkit.engines.server import EngineServer, free_port, log_tail
 from quantkit.errors import EngineError, UsageError, first_line
@@ -49,7 +50,7 @@ class ServeSpec:
             return None
         port = free_port()
         argv = self.profile.argv(model=path, name=SERVED_NAME, port=port, max_model_len=self.max_model_len,
-                                 fmt=fmt if fmt in ("modelopt", "compressed-tensors") else None,
+                                 fmt=fmt if fmt in FORMATS else None,
                                  python=engine_python(self.profile, self.engine_python),
                                  extra=list(self.extra_args), moe_marlin=self.moe_marlin)
         return EngineServer(argv, self.profile.environment(), log, port, ready_timeout=self.timeout)

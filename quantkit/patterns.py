@@ -58,10 +58,9 @@ class Pattern:
         return re.compile(fnmatch.translate(self.raw))
 
     def matches_exactly(self, name: str) -> bool:
-        """The name itself matches (no ancestor rule)."""
-        if self.is_regex:
-            return self._regex.match(name) is not None
-        return self._regex.match(name) is not None  # fnmatch.translate is anchored at both ends
+        """The name itself matches (no ancestor rule). One call for both kinds: a `re:` regex is
+        anchored at the start only (as in llm-compressor), fnmatch.translate at both ends."""
+        return self._regex.match(name) is not None
 
     def covers(self, name: str) -> bool:
         """The name, or one of its ancestors, matches."""

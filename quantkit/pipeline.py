@@ -8,7 +8,8 @@ from pathlib import Path
 
 from quantkit.progress import SILENT, Reporter
 from quantkit.publish import PublishResult, publish
-from quantkit.quantize import FORMAT_DIRS, QuantizeOptions, VariantResult, quantize
+from quantkit.checkpoint.formats import get_format
+from quantkit.quantize import QuantizeOptions, VariantResult, quantize
 from quantkit.recipe import Recipe
 from quantkit.report import ValidationReport, write_reports
 from quantkit.validate import ValidateOptions, validate
@@ -47,6 +48,6 @@ def run_pipeline(recipe: Recipe, qopts: QuantizeOptions, vopts: ValidateOptions,
         return res
     reporter.stage("3/3 publish", target)
     for r in results:
-        dest = target if len(results) == 1 else f"{target}-{FORMAT_DIRS[r.format]}"
+        dest = target if len(results) == 1 else f"{target}-{get_format(r.format).dir_name}"
         res.published.append(publish(r.path, dest, private=recipe.publish.private, overwrite=qopts.overwrite))
     return res

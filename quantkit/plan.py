@@ -21,14 +21,9 @@ from quantkit.families import Rule, families_for
 from quantkit.modules import ModuleInfo, index_modules, meta_model, param_stats
 from quantkit.patterns import Pattern
 
-__all__ = ["Decision", "Plan", "build_plan", "BACKEND_CAPS", "GROUP_SIZE"]
+__all__ = ["Decision", "Plan", "build_plan", "GROUP_SIZE"]
 
 GROUP_SIZE = 16
-# What each backend quantizes, as data (measured on the pinned versions; see docs/formats.md).
-BACKEND_CAPS: dict[str, dict[str, bool]] = {
-    "modelopt": {"linear": True, "experts": True},
-    "llmcompressor": {"linear": True, "experts": True},
-}
 _FP4_BITS = 4 + 8 / GROUP_SIZE  # E2M1 values + one FP8 E4M3 scale per 16 elements
 _FP8_BITS = 8  # E4M3 values; per-tensor weight and input scales are counted per module
 
@@ -126,11 +121,11 @@ class Plan:
         }
 
 
-def _decide(m: ModuleInfo, rules: list[Rule], backend: str) -> Decision:
+def _decide(m: ModuleInfo, rules: list[Rule], backend: str, caps: dict[str, bool]) -> Decision:
+    """The first rule that covers `m`, else structure, else what the backend quantizes (`caps`)."""
     for r in rules:
         if r.pattern.covers(m.name):
             return Decision(m, r.precision, r.reason, r.source, r.pattern.raw)
-    caps = BACKEND_CAPS[backend]
     if m.kind == "conv":
         return Decision(m, "bf16", "convolution: NVFP4 covers matmuls only", "structural")
     if m.kind == "custom2d":
@@ -148,8 +143,11 @@ def build_plan(config: Any, *, model_source: str, backend: str, scheme: str = "n
                family: str | None = None, strict: bool = False, model: Any = None) -> Plan:
     """Plan the quantization of `config` (a transformers config). `model` may be passed to plan
     an already-loaded model instead of a meta-device one (same names)."""
-    if backend not in BACKEND_CAPS:
-        raise PlanError(f"unknown backend {backend!r}; known: {', '.join(BACKEND_CAPS)}", hint="use --backend modelopt or llmcompressor")
+    from quantkit.backends import BACKENDS, backend_class
+
+    if backend not in BACKENDS:
+        raise PlanError(f"unknown backend {backend!r}; known: {', '.join(BACKENDS)}",
+                        hint=f"use --backend {' or '.join(BACKENDS)}")
     fams = families_for(config, family)
     user_rules = [Rule(Pattern(p), "excluded on the command line (--exclude)", "cli") for p in cli_patterns]
     user_rules += [Rule(p, reason, "recipe") for p, reason in recipe_rules]
@@ -158,7 +156,8 @@ def build_plan(config: Any, *, model_source: str, backend: str, scheme: str = "n
 
     model = model if model is not None else meta_model(config)
     mods = index_modules(model)
-    decisions = [_decide(m, rules, backend) for m in mods]
+    caps = backend_class(backend).quantizes  # what the backend quantizes (its class says; docs/formats.md)
+    decisions = [_decide(m, rules, backend, caps) for m in mods]
     total, nbytes = param_stats(model)
 
     unmatched = [r for r in user_rules if not any(r.pattern.covers(m.name) for m in mods)]
@@ -186,12 +185,12 @@ def plan_recipe(recipe: Any, *, backend: str | None = None, cli_patterns: list[s
                 config_path: str | None = None, strict: bool = False) -> Plan:
     """Plan a recipe: its model's config (from --config, the recipe, a local dir or the Hub),
     its exclusions plus `cli_patterns`, for `backend` (default: the recipe's first format's)."""
-    from quantkit.recipe import FORMAT_BACKEND
+    from quantkit.backends import backend_for_format
     from quantkit.source import load_config
 
     m = recipe.model
     config = load_config(m.source, m.revision, m.trust_remote_code, config_path or m.config)
-    backend = backend or FORMAT_BACKEND[recipe.resolved_formats()[0]]
+    backend = backend or backend_for_format(recipe.resolved_formats()[0])
     return build_plan(config, model_source=m.source, backend=backend, scheme=recipe.scheme,
                       recipe_rules=recipe.patterns(), cli_patterns=list(cli_patterns),
                       family=recipe.family, strict=strict)

@@ -15,9 +15,9 @@ from pathlib import Path
 from typing import Any
 
 from quantkit import __version__
-from quantkit.checkpoint.formats import FORMAT_OF_KIND, NVFP4_KIND, detect_format
+from quantkit.checkpoint.formats import FORMATS, detect_format
 from quantkit.checkpoint.manifest import read_manifest
-from quantkit.errors import PublishError, RecipeError, first_line
+from quantkit.errors import PublishError, UsageError, first_line
 from quantkit.report import find_passing_report
 from quantkit.validate import checkpoint_hash
 
@@ -38,24 +38,22 @@ class PublishResult:
 def parse_target(to: str) -> tuple[str, str]:
     kind, _, rest = to.partition(":")
     if kind not in ("hf", "dir") or not rest:
-        raise RecipeError(f"unknown publish target {to!r}", hint="use hf:ORG/NAME or dir:PATH")
+        raise UsageError(f"unknown publish target {to!r}", hint="use hf:ORG/NAME or dir:PATH")
     if kind == "hf" and rest.count("/") != 1:
-        raise RecipeError(f"hf target must be ORG/NAME, got {rest!r}", hint="e.g. --to hf:me/Model-NVFP4")
+        raise UsageError(f"hf target must be ORG/NAME, got {rest!r}", hint="e.g. --to hf:me/Model-NVFP4")
     return kind, rest
 
 
 def _check_metadata(ckpt: Path) -> str:
     info = detect_format(ckpt)
-    fmt = FORMAT_OF_KIND.get(info.kind) if info.kind in NVFP4_KIND.values() else None
-    if fmt is None:
+    f = next((f for f in FORMATS.values() if info.kind == f.nvfp4_kind), None)
+    if f is None:
         raise PublishError(f"{ckpt} is not an NVFP4 checkpoint quantkit can publish (format: {info.kind})",
-                           hint="publish a ModelOpt or compressed-tensors NVFP4 checkpoint")
-    if fmt == "modelopt":
-        if not (ckpt / "hf_quant_config.json").is_file() or info.config_quant.get("quant_method") != "modelopt":
-            raise PublishError("ModelOpt checkpoint lacks hf_quant_config.json or quant_method: modelopt in config.json",
-                               hint="re-export with quantkit quantize --format modelopt")
-    elif info.ct_format != "nvfp4-pack-quantized":
-        raise PublishError(f"compressed-tensors format is {info.ct_format!r}, expected 'nvfp4-pack-quantized'")
+                           hint=f"publish an NVFP4 checkpoint of one of: {', '.join(FORMATS)}")
+    problem = f.publish_problem(ckpt, info)
+    if problem:
+        raise PublishError(problem[0], hint=problem[1])
+    fmt = f.name
     try:
         from quantkit.inspect import inspect_checkpoint
     except ImportError:
@@ -82,7 +80,9 @@ def _base_and_license(ckpt: Path, manifest: dict) -> tuple[str | None, str | Non
 
         lic = ModelCard.load(local / "README.md").data.to_dict().get("license")
     plan = manifest.get("plan") or {}
-    arch = [f for f in plan.get("families", []) if f in ("gdn", "nemotron_h")]
+    from quantkit.families import ARCH_FAMILIES
+
+    arch = [f for f in plan.get("families", []) if f in {a.name for a in ARCH_FAMILIES}]
     family = arch[0] if arch else plan.get("model_type")
     return base, lic, family
 
@@ -106,7 +106,7 @@ def hf_operations(files: dict[str, bytes | Path]) -> list:
 
 
 def _to_dir(dest: Path, files: dict[str, bytes | Path], overwrite: bool) -> None:
-    from quantkit.quantize import atomic_dir
+    from quantkit.checkpoint.atomic import atomic_dir
 
     with atomic_dir(dest, overwrite=overwrite) as tmp:
         for name, src in files.items():
@@ -136,7 +136,7 @@ def publish(ckpt: str | Path, to: str, *, force: bool = False, report: Path | No
             overwrite: bool = False, api: Any = None) -> PublishResult:
     ckpt = Path(ckpt)
     if not (ckpt / "config.json").is_file():
-        raise RecipeError(f"{ckpt} is not a checkpoint directory", hint="pass the output of quantkit quantize")
+        raise UsageError(f"{ckpt} is not a checkpoint directory", hint="pass the output of quantkit quantize")
     kind, dest = parse_target(to)
     fmt = _check_metadata(ckpt)
     h = checkpoint_hash(ckpt)

@@ -13,6 +13,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from quantkit.backends import BACKENDS, DEFAULT_BACKEND, backend_for_format, formats_of_backend
+from quantkit.checkpoint.formats import FORMATS as _FORMATS
 from quantkit.datafile import load_yaml_model
 from quantkit.errors import PatternError, RecipeError
 from quantkit.patterns import Pattern
@@ -24,19 +26,17 @@ __all__ = [
     "ExcludeRule",
     "Calibration",
     "MixedPrecision",
-    "FORMAT_BACKEND",
     "FORMATS",
     "load_recipe",
     "resolve_recipe",
     "shipped_recipes",
 ]
 
-Format = Literal["modelopt", "compressed-tensors"]
-Backend = Literal["modelopt", "llmcompressor"]
-FORMATS: tuple[str, ...] = ("modelopt", "compressed-tensors")
-# Each checkpoint format has exactly one producer: ModelOpt writes its own format
-# (hf_quant_config.json, quant_method: modelopt); llm-compressor writes compressed-tensors.
-FORMAT_BACKEND: dict[str, str] = {"modelopt": "modelopt", "compressed-tensors": "llmcompressor"}
+# The registries' names (quantkit.checkpoint.formats, quantkit.backends); each format has exactly
+# one producing backend (its module says which).
+FORMATS: tuple[str, ...] = tuple(_FORMATS)
+Format = Literal[FORMATS]  # type: ignore[valid-type]
+Backend = Literal[tuple(BACKENDS)]  # type: ignore[valid-type]
 _HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*$")
 
 
@@ -152,11 +152,10 @@ class Recipe(_Strict):
                 raise ValueError("formats must not be empty")
             if len(set(self.formats)) != len(self.formats):
                 raise ValueError("formats lists a format twice")
-            if self.backend is not None and len(self.formats) == 1 and FORMAT_BACKEND[self.formats[0]] != self.backend:
-                raise ValueError(
-                    f"backend {self.backend!r} cannot write format {self.formats[0]!r} "
-                    f"(it is written by {FORMAT_BACKEND[self.formats[0]]!r})"
-                )
+            writer = backend_for_format(self.formats[0])
+            if self.backend is not None and len(self.formats) == 1 and writer != self.backend:
+                raise ValueError(f"backend {self.backend!r} cannot write format {self.formats[0]!r} "
+                                 f"(it is written by {writer!r})")
         if self.mixed_precision and self.mixed_precision.keep_as == "fp8" and self.scheme != "nvfp4":
             raise ValueError("mixed_precision.keep_as: fp8 needs scheme nvfp4 (FP8 layers quantize their inputs too)")
         return self
@@ -164,8 +163,7 @@ class Recipe(_Strict):
     def resolved_formats(self) -> list[str]:
         if self.formats:
             return list(self.formats)
-        backend = self.backend or "modelopt"
-        return [f for f, b in FORMAT_BACKEND.items() if b == backend]
+        return formats_of_backend(self.backend or DEFAULT_BACKEND)
 
     def patterns(self) -> list[tuple[Pattern, str]]:
         return [(Pattern(r.pattern), r.reason) for r in self.exclude]

@@ -13,6 +13,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+from quantkit.checkpoint.formats import FORMATS
 from quantkit.progress import SILENT, Reporter
 from quantkit.quantize import QuantizeOptions, VariantResult, quantize
 from quantkit.recipe import Recipe
@@ -139,7 +140,7 @@ def _bars(title: str, items: list[tuple[str, float]], unit: str) -> str:
     h = 40 + bar_h * len(items)
     parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{h}" role="img" aria-label="{html.escape(title)}">',
              f'<text x="0" y="18" font-size="15" font-weight="bold">{html.escape(title)}</text>']
-    colors = {"bf16": "#777", "modelopt": "#76b900", "ct": "#1f6feb", "compressed-tensors": "#1f6feb"}
+    colors = {"bf16": "#777", **{n: f.color for f in FORMATS.values() for n in (f.name, f.dir_name)}}
     for i, (name, val) in enumerate(items):
         y = 30 + i * bar_h
         w = (width - left - 90) * val / top
@@ -165,7 +166,7 @@ def _html(cmp: Comparison, rows: list[dict], md: str) -> str:
 
 def variants(recipe: Recipe, qopts: QuantizeOptions, vopts: ValidateOptions,
              reporter: Reporter = SILENT) -> Comparison:
-    qopts.formats = ["modelopt", "compressed-tensors"]
+    qopts.formats = list(FORMATS)
     out = Path(qopts.out or Path("out") / recipe.name)
     qopts.out = out
     results = quantize(recipe, qopts, reporter)

@@ -15,8 +15,6 @@ import pytest
 from conftest import default_signals
 from tiny_models import save_tiny_checkpoint
 
-pytestmark = pytest.mark.e2e
-
 
 def _start(recipe: Path, out: Path) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, "-m", "quantkit.cli.main", "quantize", str(recipe), "--out", str(out),
@@ -47,20 +45,21 @@ def slow_recipe(tmp_path) -> Path:
     return r
 
 
+@pytest.mark.e2e  # quantizes in a subprocess; the atomic_dir tests below are fast unit tests
 def test_sigint_leaves_no_output(slow_recipe, tmp_path):
     out = tmp_path / "out" / "ckpt"
     proc = _start(slow_recipe, out)
     _wait_for_partial(out, proc)
     time.sleep(0.3)
     os.killpg(proc.pid, signal.SIGINT)
-    _, err = proc.communicate(timeout=120)
-    __ = _
+    out_text, err = proc.communicate(timeout=120)
     assert proc.returncode == 130, err
-    assert "interrupted" in err, (err[-2000:], _)
+    assert "interrupted" in err, (err[-2000:], out_text)
     assert not out.exists()
     assert not list(out.parent.glob(".*partial*")), "temporary directory was not cleaned up"
 
 
+@pytest.mark.e2e
 def test_sigkill_leaves_no_output_and_next_run_cleans(slow_recipe, tmp_path):
     out = tmp_path / "out" / "ckpt"
     proc = _start(slow_recipe, out)
@@ -69,7 +68,7 @@ def test_sigkill_leaves_no_output_and_next_run_cleans(slow_recipe, tmp_path):
     proc.wait(timeout=60)
     assert not out.exists()
     assert partial.exists()
-    from quantkit.quantize import atomic_dir
+    from quantkit.checkpoint.atomic import atomic_dir
 
     with atomic_dir(out) as tmp:
         (tmp / "x").write_text("done")
@@ -78,12 +77,12 @@ def test_sigkill_leaves_no_output_and_next_run_cleans(slow_recipe, tmp_path):
 
 
 def test_existing_output_is_refused_without_overwrite(tmp_path):
-    from quantkit.errors import RecipeError
-    from quantkit.quantize import atomic_dir
+    from quantkit.errors import UsageError
+    from quantkit.checkpoint.atomic import atomic_dir
 
     out = tmp_path / "o"
     out.mkdir()
-    with pytest.raises(RecipeError):
+    with pytest.raises(UsageError):
         with atomic_dir(out):
             pass
     with atomic_dir(out, overwrite=True) as tmp:
@@ -92,7 +91,7 @@ def test_existing_output_is_refused_without_overwrite(tmp_path):
 
 
 def test_failure_inside_leaves_previous_output_untouched(tmp_path):
-    from quantkit.quantize import atomic_dir
+    from quantkit.checkpoint.atomic import atomic_dir
 
     out = tmp_path / "o"
     out.mkdir()

@@ -16,7 +16,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from quantkit.errors import PlanError, RecipeError
+from quantkit.errors import PlanError, RecipeError, UsageError
 from quantkit.progress import SILENT
 from quantkit.quantize import QuantizeOptions, quantize
 from quantkit.recipe import resolve_recipe
@@ -158,7 +158,7 @@ def test_parse_size():
     assert parse_size("512MB") == 512 << 20
     assert parse_size("1.5T") == int(1.5 * (1 << 40))
     for bad in ("20", "lots", "-1G"):
-        with pytest.raises(RecipeError):
+        with pytest.raises(UsageError):
             parse_size(bad)
 
 
@@ -166,10 +166,10 @@ def test_choose_mode():
     est = {"full": Estimate("full", 30 * GiB, 100), "layerwise": Estimate("layerwise", 3 * GiB, 300)}
     assert choose_mode("auto", est, 64 * GiB, "x") == "full"
     assert choose_mode("auto", est, 24 * GiB, "x") == "layerwise"
-    with pytest.raises(RecipeError, match="--mode full needs") as exc:
+    with pytest.raises(UsageError, match="--mode full needs") as exc:
         choose_mode("full", est, 24 * GiB, "x")
     assert "--mode layerwise" in exc.value.hint
-    with pytest.raises(RecipeError, match="no mode fits"):
+    with pytest.raises(UsageError, match="no mode fits"):
         choose_mode("auto", est, 2 * GiB, "x")
 
 
@@ -178,7 +178,7 @@ def test_preflight_on_a_14b_config():
     full in 128 GiB; --mode full under 24 GiB is refused with the mode that fits."""
     from transformers import LlamaConfig
 
-    from quantkit.quantize import _preflight
+    from quantkit.quantize.context import preflight as _preflight
     from quantkit.recipe import Recipe
 
     cfg = LlamaConfig(hidden_size=5120, intermediate_size=13824, num_attention_heads=40, num_key_value_heads=8,
@@ -189,12 +189,12 @@ def test_preflight_on_a_14b_config():
     assert mode == "layerwise" and pf["estimates"]["full"]["peak_bytes"] > 28 * GiB
     assert pf["estimates"]["layerwise"]["peak_bytes"] < 6 * GiB
     assert _preflight(r, QuantizeOptions(max_memory=128 * GiB), ["modelopt"], cfg, SILENT)[0] == "full"
-    with pytest.raises(RecipeError, match="--mode full needs") as exc:
+    with pytest.raises(UsageError, match="--mode full needs") as exc:
         _preflight(r, QuantizeOptions(max_memory=24 * GiB, mode="full"), ["modelopt"], cfg, SILENT)
     assert "--mode layerwise" in exc.value.hint
-    with pytest.raises(RecipeError, match="no mode fits"):
+    with pytest.raises(UsageError, match="no mode fits"):
         _preflight(r, QuantizeOptions(max_memory=GiB), ["modelopt"], cfg, SILENT)
-    with pytest.raises(RecipeError, match="--resume works with --mode layerwise only"):
+    with pytest.raises(UsageError, match="--resume works with --mode layerwise only"):
         _preflight(r, QuantizeOptions(mode="full", resume=True), ["modelopt"], cfg, SILENT)
 
 
@@ -213,7 +213,7 @@ def test_nproc_without_gpus_is_refused(tmp_path):
     if torch.cuda.device_count() >= 2:
         pytest.skip("this machine has 2 GPUs: tests/test_gpu.py runs --nproc 2 for real")
     r = resolve_recipe(str(_recipe(tmp_path, "llama")))
-    with pytest.raises(RecipeError, match="--nproc 2 needs 2 CUDA GPUs"):
+    with pytest.raises(UsageError, match="--nproc 2 needs 2 CUDA GPUs"):
         quantize(r, QuantizeOptions(formats=["modelopt"], out=tmp_path / "q", nproc=2))
     assert not (tmp_path / "q").exists()
 

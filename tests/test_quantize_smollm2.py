@@ -12,7 +12,7 @@ from safetensors import safe_open
 
 from quantkit.checkpoint.headers import checkpoint_tensors
 from quantkit.checkpoint.manifest import content_hash, file_hashes
-from quantkit.checkpoint.nvfp4 import dequantize
+from quantkit.checkpoint.formats import get_format
 
 pytestmark = pytest.mark.e2e
 GOLDEN = Path(__file__).parent / "golden"
@@ -73,10 +73,10 @@ def test_dequantized_weights_match_source(smollm2_quantized, smollm2_dir, fmt, n
     for base in ("model.layers.0.self_attn.q_proj", "model.layers.17.mlp.down_proj"):
         w = src.get_tensor(base + ".weight").float()
         parts = [out.get_tensor(f"{base}.{n}") for n in names]
-        err = ((dequantize(*parts, fmt) - w).norm() / w.norm()).item()
+        err = ((get_format(fmt).dequantize(*parts) - w).norm() / w.norm()).item()
         assert err < 0.15, (base, err)
         other = "compressed-tensors" if fmt == "modelopt" else "modelopt"
-        assert ((dequantize(*parts, other) - w).norm() / w.norm()).item() > 0.5
+        assert ((get_format(other).dequantize(*parts) - w).norm() / w.norm()).item() > 0.5
 
 
 @pytest.mark.parametrize("fmt", ["modelopt", "compressed-tensors"])

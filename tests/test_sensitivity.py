@@ -202,17 +202,17 @@ def _quantize(src, out, fmt, keep_as):
     from quantkit.backends import get_backend
     from quantkit.calib import build_calibration
     from quantkit.checkpoint.verify import verify_checkpoint
-    from quantkit.recipe import FORMAT_BACKEND
+    from quantkit.backends import backend_for_format
 
     model = _make_sensitive(AutoModelForCausalLM.from_pretrained(str(src), dtype=torch.bfloat16).eval())
     tok = tiny_tokenizer()
-    plan = build_plan(model.config, model_source=str(src), backend=FORMAT_BACKEND[fmt], model=model)
+    plan = build_plan(model.config, model_source=str(src), backend=backend_for_format(fmt), model=model)
     recipe = Recipe(name="t", model={"source": str(src)},
                     mixed_precision={"budget_bits": plan.bits_per_param() + 1.0, "keep_as": keep_as,
                                      "samples": 2, "seq_len": 32})
     plan = S.apply_sensitivity(plan, model, tok, recipe)
     calib = build_calibration(tok, "bundled-en", 4, 64, 0)
-    get_backend(FORMAT_BACKEND[fmt]).quantize(model, tok, plan, calib, "nvfp4", out)
+    get_backend(backend_for_format(fmt)).quantize(model, tok, plan, calib, "nvfp4", out)
     return plan, verify_checkpoint(out, plan, fmt)
 
 
@@ -279,7 +279,7 @@ def test_verify_rejects_fp8_where_the_plan_does_not_say_fp8(tiny_src, tmp_path):
 def test_quantize_pipeline_applies_the_recipe_budget(tiny_src, tmp_path):
     """`quantize` itself runs the measurement when the recipe asks for it: the manifest's plan
     shows the layers kept for sensitivity with their reasons; the layerwise mode refuses it."""
-    from quantkit.errors import RecipeError
+    from quantkit.errors import UsageError
     from quantkit.quantize import QuantizeOptions, quantize
     from quantkit.recipe import resolve_recipe
 
@@ -290,5 +290,5 @@ def test_quantize_pipeline_applies_the_recipe_budget(tiny_src, tmp_path):
     kept = [k for k in res.manifest["plan"]["kept"] if k["source"] == "sensitivity"]
     assert kept and all("sensitivity rank" in k["reason"] and "budget 9 bits/param" in k["reason"] for k in kept)
     assert res.manifest["plan"]["bits_per_param"] <= 9.0
-    with pytest.raises(RecipeError, match="layerwise"):
+    with pytest.raises(UsageError, match="layerwise"):
         quantize(resolve_recipe(str(r)), QuantizeOptions(formats=["modelopt"], out=tmp_path / "q2", mode="layerwise"))

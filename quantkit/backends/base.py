@@ -31,7 +31,13 @@ def timed(timings: dict[str, float], key: str) -> Iterator[None]:
 
 class Backend(Protocol):
     name: str
-    format: str
+    format: str  # the checkpoint format it writes (quantkit.checkpoint.formats)
+    algorithms: dict[str, str]  # calibration algorithm -> "any" | "cuda"
+    quantizes: dict[str, bool]  # module kind -> whether it quantizes it
+    places_across_gpus: bool  # --nproc: one model placed across several GPUs
+
+    def finish_metadata(self, out_dir: Path, plan: Any) -> None:
+        """Metadata to add to a checkpoint assembled outside the library (layerwise mode)."""
 
     def check_available(self) -> None:
         """Raise BackendError with an install hint if the library is missing."""

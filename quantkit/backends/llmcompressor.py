@@ -48,6 +48,15 @@ def _config_groups(plan: Any, scheme: str) -> dict | None:
 class LLMCompressorBackend:
     name = "llmcompressor"
     format = "compressed-tensors"
+    # calibration algorithms and where they run (measured on 0.14): AWQ pins memory while smoothing
+    # (pipelines/cache.py pin_memory), which needs an accelerator; mse and gptq run on CPU
+    algorithms = {"minmax": "any", "mse": "any", "gptq": "any", "awq": "cuda"}
+    quantizes = {"linear": True, "experts": True}  # module kinds (quantkit.modules) it quantizes
+    places_across_gpus = False  # its sequential pipeline moves one layer at a time to the GPU
+
+    def finish_metadata(self, out_dir: Path, plan: Any) -> None:
+        """Append the plan's `re:` ignore entries to config.json (see the module docstring)."""
+        _append_regex_ignores(out_dir / "config.json", [e for e in ignore_list(plan) if e.startswith("re:")])
 
     def check_available(self) -> None:
         try:

@@ -28,6 +28,14 @@ _ALGORITHMS = {"minmax": "max", "mse": {"method": "mse"}, "awq_lite": "awq_lite"
 class ModelOptBackend:
     name = "modelopt"
     format = "modelopt"
+    # calibration algorithms and where they run (measured on the pinned version): awq_lite and mse
+    # fake-quantize during calibration, which asserts CUDA ("amax must be a CUDA tensor")
+    algorithms = {"minmax": "any", "mse": "cuda", "awq_lite": "cuda"}
+    quantizes = {"linear": True, "experts": True}  # module kinds (quantkit.modules) it quantizes
+    places_across_gpus = True  # --nproc: the model placed across GPUs by accelerate
+
+    def finish_metadata(self, out_dir: Path, plan: Any) -> None:
+        """Nothing to add: the export's exclude_modules already names every kept module."""
 
     def check_available(self) -> None:
         try:

@@ -15,7 +15,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
-from quantkit.errors import RecipeError
+from quantkit.errors import UsageError
 from quantkit.interrupts import deferred
 
 __all__ = ["atomic_dir", "remove_stale_partials", "pid_alive"]
@@ -73,7 +73,7 @@ def atomic_dir(final: Path, overwrite: bool = False) -> Iterator[Path]:
     """Yield a temporary sibling of `final`; rename it to `final` only if the block succeeds."""
     final = Path(final)
     if final.exists() and not overwrite:
-        raise RecipeError(f"output path exists: {final}", hint="choose another --out, or pass --overwrite")
+        raise UsageError(f"output path exists: {final}", hint="choose another --out, or pass --overwrite")
     final.parent.mkdir(parents=True, exist_ok=True)
     remove_stale_partials(final)
     tmp: Path | None = None

@@ -1,10 +1,7 @@
 """NVFP4 arithmetic for checks (not for serving): unpack E2M1 nibbles and dequantize a stored
-module in either convention.
-
-  ModelOpt:           w = e2m1 * weight_scale(fp8) * weight_scale_2
-  compressed-tensors: w = e2m1 * weight_scale(fp8) / weight_global_scale
-(the global scales are reciprocal conventions of each other). Two values per byte, the first
-element in the low nibble."""
+module in its format's convention, w = e2m1 * block_scale(fp8) * or / global_scale (each format's
+module in quantkit/checkpoint/formats/ says which). Two values per byte, the first element in the
+low nibble."""
 
 from __future__ import annotations
 
@@ -24,13 +21,10 @@ def unpack_e2m1(packed):
     return out.reshape(*packed.shape[:-1], packed.shape[-1] * 2)
 
 
-def dequantize(packed, weight_scale, global_scale, convention: str):
-    """Dequantize one NVFP4 weight (group size 16) to float32."""
+def dequantize(packed, block_scale, global_scale, divide: bool):
+    """One NVFP4 weight (group size 16) to float32: e2m1 * block_scale / global_scale (`divide`)
+    or * global_scale. Formats call it with their convention (`Format.dequantize`)."""
     vals = unpack_e2m1(packed)
-    scale = weight_scale.float().repeat_interleave(16, dim=-1)[..., : vals.shape[-1]]
+    scale = block_scale.float().repeat_interleave(16, dim=-1)[..., : vals.shape[-1]]
     g = global_scale.float().reshape(())
-    if convention == "modelopt":
-        return vals * scale * g
-    if convention == "compressed-tensors":
-        return vals * scale / g
-    raise ValueError(f"unknown convention {convention!r}")
+    return vals * scale / g if divide else vals * scale * g

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from quantkit.families.base import Family, layer_regex
+from quantkit.families.base import Family, config_value, layer_regex
 
 __all__ = ["NEMOTRON_H", "layer_kinds"]
 
@@ -20,14 +20,23 @@ _CANON = {"linear_attention": "mamba", "mamba": "mamba", "full_attention": "atte
 
 
 def layer_kinds(config: Any) -> list[str]:
-    """Per-layer kind ('mamba' | 'attention' | 'mlp' | 'moe') from a Nemotron-H config."""
-    types = getattr(config, "layers_block_type", None) or getattr(config, "layer_types", None)
-    if types:
+    """Per-layer kind ('mamba' | 'attention' | 'mlp' | 'moe') from a Nemotron-H config (object
+    or config.json dict); an unknown pattern character is kept as it is."""
+    types = config_value(config, "layers_block_type") or config_value(config, "layer_types")
+    if isinstance(types, (list, tuple)) and types:
         return [_CANON.get(t, t) for t in types]
-    pattern = getattr(config, "hybrid_override_pattern", None)
-    if pattern:
-        return [_LEGACY[c] for c in pattern]
+    pattern = config_value(config, "hybrid_override_pattern")
+    if isinstance(pattern, str) and pattern:
+        return [_LEGACY.get(c, c) for c in pattern]
     return []
+
+
+def _slice_layer(text: Any, i: int, n: int) -> str | None:
+    """The legacy pattern string is per layer too (`layers_block_type` is `layer_types` to transformers)."""
+    pattern = getattr(text, "hybrid_override_pattern", None)
+    if isinstance(pattern, str) and len(pattern) == n:
+        text.hybrid_override_pattern = pattern[i]
+    return None
 
 
 def _rules(config: Any) -> list[tuple[str, str]]:
@@ -55,4 +64,8 @@ NEMOTRON_H = Family(
     description="Nemotron-H Mamba-2 hybrids: Mamba mixers, attention and attention-feeding layers",
     model_types=("nemotron_h",),
     dynamic_rules=_rules,
+    layer_kinds=layer_kinds,
+    slice_layer=_slice_layer,
+    name_prefixes=(("backbone.", "model."),),  # on disk `backbone.layers.0`, in memory `model.layers.0`
+    code="mamba-hybrid-in-fp4",
 )

@@ -1,4 +1,5 @@
-"""Vision and audio towers and their projectors in multimodal checkpoints."""
+"""Vision and audio towers and their projectors in multimodal checkpoints, and the prefixes the
+multimodal wrapper puts before the text model's names."""
 
 from quantkit.families.base import Family
 
@@ -21,4 +22,7 @@ VISION = Family(
         ("*embed_vision*", _PROJ + " (Gemma)"),
         ("*embed_audio*", _PROJ + " (Gemma)"),
     ),
+    # The text model's names inside a multimodal wrapper, on disk -> as a text-only model names them.
+    name_prefixes=(("model.language_model.", "model."), ("language_model.model.", "model."),
+                   ("language_model.", "")),
 )

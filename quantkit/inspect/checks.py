@@ -9,15 +9,15 @@ from typing import Callable
 
 from quantkit.checkpoint.formats import FormatInfo, StoredModule, is_embedding
 from quantkit.checkpoint.headers import TensorInfo
+from quantkit.families import FAMILIES
 from quantkit.inspect.names import Declared, FamilyCover
 from quantkit.inspect.report import Finding
 
 __all__ = ["FAMILY_CODES", "format_findings", "family_findings", "metadata_findings", "scale_findings",
            "kv_findings", "unmatched_findings", "kv_bytes_per_element", "w4a4"]
 
-# Finding code per family (quantkit.families) whose preset keeps a module out of FP4.
-FAMILY_CODES = {"gdn": "gdn-in-fp4", "nemotron_h": "mamba-hybrid-in-fp4", "moe": "router-in-fp4",
-                "common": "head-in-fp4", "mtp": "mtp-in-fp4", "vision": "vision-in-fp4"}
+# Finding code per family whose preset keeps a module out of FP4: each family names its own.
+FAMILY_CODES = {f.name: f.finding_code for f in FAMILIES}
 _FLOAT = ("bf16", "f16", "f32")
 _GROUP = 16
 
@@ -79,8 +79,7 @@ def family_findings(modules: dict[str, StoredModule], cover: FamilyCover) -> lis
             hits.setdefault((family.name, rule.pattern.raw), (family, rule, []))[2].append(name)
     out = []
     for family, rule, names in hits.values():
-        code = FAMILY_CODES.get(family.name, f"{family.name}-in-fp4")
-        out.append(Finding.of(code, f"{len(names)} module(s) stored FP4 that the {family.name} preset keeps out of "
+        out.append(Finding.of(family.finding_code, f"{len(names)} module(s) stored FP4 that the {family.name} preset keeps out of "
                               f"FP4 (pattern {rule.pattern.raw!r})", names, why=rule.reason,
                               fix=f"re-quantize with the {family.name} preset (`quantkit quantize` applies it) or "
                                   f"exclude {rule.pattern.raw!r}", source=f"quantkit family:{family.name}"))

@@ -10,7 +10,8 @@ from typing import Any
 
 from quantkit.checkpoint.formats import StoredModule, is_embedding
 from quantkit.checkpoint.headers import TensorInfo
-from quantkit.families import MTP, VISION
+from quantkit.families import MTP, VISION, layer_kinds
+from quantkit.families.moe import NUM_EXPERTS_KEYS, TOPK_KEYS
 from quantkit.inspect.names import fold_expert, fold_indices, index_blind
 from quantkit.inspect.precision import outside_modules
 
@@ -34,8 +35,6 @@ MACHINES: tuple[Machine, ...] = (
 MEMORY_FRACTION = 0.9  # vLLM's default --gpu-memory-utilization
 DEFAULT_CONTEXT = 32768  # tokens of KV cache one sequence should have room for
 
-_TOPK_KEYS = ("num_experts_per_tok", "top_k_experts", "moe_topk", "num_experts_per_token", "moe_top_k")
-_NEXPERT_KEYS = ("num_experts", "n_routed_experts", "num_local_experts", "moe_num_experts")
 _NOT_DECODED = [r for f in (MTP, VISION) for r in f.rules(None)]  # MTP drafts, vision towers
 _FOLD = fold_indices if index_blind([r.pattern.raw for r in _NOT_DECODED]) else fold_expert
 
@@ -54,12 +53,10 @@ def _text(config: dict | None) -> dict:
 
 
 def _kv_layers(tc: dict) -> int:
-    types = tc.get("layer_types") or tc.get("layers_block_type")
-    if isinstance(types, list) and types:
-        return sum(1 for t in types if "attention" in str(t) and "linear" not in str(t))
-    pattern = tc.get("hybrid_override_pattern")
-    if isinstance(pattern, str) and pattern:
-        return pattern.count("*")
+    """Layers with a KV cache: attention of any kind but linear (the families read the kinds)."""
+    kinds = layer_kinds(tc)
+    if kinds:
+        return sum(1 for k in map(str, kinds) if "attention" in k and "linear" not in k)
     return int(tc.get("num_hidden_layers") or 0)
 
 
@@ -103,7 +100,7 @@ def hardware_fit(tensors: dict[str, TensorInfo], modules: dict[str, StoredModule
             experts += nbytes
         else:
             dense += nbytes
-    k, n = _cfg(config, _TOPK_KEYS), _cfg(config, _NEXPERT_KEYS)
+    k, n = _cfg(config, TOPK_KEYS), _cfg(config, NUM_EXPERTS_KEYS)
     frac = (k / n) if (experts and k and n) else 1.0
     active = int(dense + experts * frac)
     kv_tok = _kv_bytes_per_token(config, kv_elem_bytes)

@@ -9,7 +9,7 @@ import re
 from typing import Any
 
 from quantkit.checkpoint.formats import FormatInfo, unquantized_matcher
-from quantkit.families import Family, Rule
+from quantkit.families import Family, Rule, name_candidates
 
 __all__ = ["Declared", "FamilyCover", "name_candidates", "fold_expert", "fold_indices", "index_blind",
            "names_experts_by_index"]
@@ -17,10 +17,6 @@ __all__ = ["Declared", "FamilyCover", "name_candidates", "fold_expert", "fold_in
 _INDEX = re.compile(r"\.\d+(?=\.|$)")
 _INDEX_SENSITIVE = re.compile(r"[0-9?\[]|\\d")  # a pattern that can tell layer 3 from layer 13
 _INDEX_CHARS = re.compile(r"[\d\[(?{]|\\d")  # digits, classes, groups, single-char wildcards
-# On-disk prefixes -> the in-memory (transformers) names the family rules are written for; the
-# same idea as quantkit.checkpoint.verify.plan_name_for.
-_PREFIXES = (("model.language_model.", "model."), ("language_model.model.", "model."),
-             ("backbone.", "model."), ("language_model.", ""))
 
 
 def fold_expert(name: str) -> str:
@@ -49,15 +45,6 @@ def names_experts_by_index(entry: str) -> bool:
 def fold_indices(name: str) -> str:
     """Every numeric index folded: `layers.3.mlp.experts.17.up_proj` -> `layers.*.mlp.experts.*.up_proj`."""
     return _INDEX.sub(".*", name)
-
-
-def name_candidates(name: str) -> list[str]:
-    """The stored name and its in-memory spellings (`backbone.layers.0` -> `model.layers.0`)."""
-    out = [name]
-    for pre, repl in _PREFIXES:
-        if name.startswith(pre):
-            out.append(repl + name[len(pre):])
-    return out
 
 
 class Declared:

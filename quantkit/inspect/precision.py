@@ -7,7 +7,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from quantkit.checkpoint.formats import StoredModule
+from quantkit.checkpoint.formats import StoredModule, module_format
 from quantkit.checkpoint.headers import TensorInfo
 from quantkit.inspect.report import natural_key
 
@@ -29,14 +29,14 @@ def outside_modules(tensors: dict[str, TensorInfo], modules: dict[str, StoredMod
 
 def tensor_format(modules: dict[str, StoredModule]) -> tuple[str, list[str]]:
     """(what the tensors are: nvfp4 | fp8 | nvfp4+fp8 | unquantized, the NVFP4 tensor-name
-    conventions seen: modelopt (`weight` + `weight_scale_2`) / compressed-tensors (`weight_packed`))."""
+    conventions seen: the formats whose FP4 tensor names the modules use)."""
     precs = {m.precision for m in modules.values()}
     kind = {(True, False): "nvfp4", (False, True): "fp8", (True, True): "nvfp4+fp8"}.get(
         ("fp4" in precs, "fp8" in precs), "unquantized")
     conv = set()
     for m in modules.values():
         if m.precision == "fp4":
-            conv.add("compressed-tensors" if any(t.endswith(".weight_packed") for t in m.tensors) else "modelopt")
+            conv.add(module_format(m.tensors) or "unknown")
     return kind, sorted(conv)
 
 

@@ -1,6 +1,7 @@
-"""`quantkit quantize --mode layerwise`: the pipeline around LayerwiseRun — plan on the meta
-device, calibration tokens, the layer loop, then per format: shards moved into the atomic output,
-index, config.json + quantization metadata merged from the layers, tokenizer, verify, manifest."""
+"""`quantkit quantize --mode layerwise`: the pipeline around `stream.LayerwiseRun` — plan on the
+meta device, calibration tokens, the layer loop, then per format: shards moved into the atomic
+output, index, config.json + quantization metadata merged from the layers, tokenizer, verify,
+manifest."""
 
 from __future__ import annotations
 
@@ -10,87 +11,68 @@ import time
 from pathlib import Path
 from typing import Any
 
-from quantkit.recipe import FORMAT_BACKEND
+from quantkit.checkpoint.atomic import atomic_dir
+from quantkit.checkpoint.formats import get_format
+from quantkit.quantize.context import Context, finish_variant, plans_and_calibration
+from quantkit.quantize.options import VariantResult
 
 __all__ = ["quantize_layerwise"]
 
 
-def quantize_layerwise(ctx: Any, base_out: Path, config: Any, t0: float) -> list:
+def quantize_layerwise(ctx: Context, config: Any) -> list[VariantResult]:
     from transformers import AutoTokenizer
 
-    from quantkit.calib import build_calibration
-    from quantkit.plan import build_plan
-    from quantkit.quantize import atomic_dir, finish_variant
     from quantkit.stream.layerwise import LayerwiseRun, work_dir
 
-    recipe, opts, rep, local = ctx.recipe, ctx.opts, ctx.reporter, ctx.local
-    tok = AutoTokenizer.from_pretrained(str(local), trust_remote_code=recipe.model.trust_remote_code)
-    plans = {f: build_plan(config, model_source=recipe.model.source, backend=FORMAT_BACKEND[f], scheme=recipe.scheme,
-                           recipe_rules=recipe.patterns(), cli_patterns=opts.exclude, family=recipe.family,
-                           strict=opts.strict) for f in ctx.formats}
-    for w in plans[ctx.formats[0]].warnings:
-        rep.info(f"warning: {w}")
-    c = recipe.calibration
-    rep.stage("calibration data", c.dataset)
-    calib = build_calibration(tok, c.dataset, c.samples, c.seq_len, c.seed)
-    import torch
-
-    calib.batch_size = c.resolved_batch_size(torch.cuda.is_available())
-    run = LayerwiseRun(local, config, tok, plans, ctx.backends, calib, recipe, work_dir(base_out),
+    recipe, opts, rep = ctx.recipe, ctx.opts, ctx.reporter
+    tok = AutoTokenizer.from_pretrained(str(ctx.local), trust_remote_code=recipe.model.trust_remote_code)
+    plans, calib = plans_and_calibration(ctx, config, tok)
+    run = LayerwiseRun(ctx.local, config, tok, plans, ctx.backends, calib, recipe, work_dir(ctx.base_out),
                        resume=opts.resume, overwrite=opts.overwrite)
     rep.stage("quantize [layerwise]", f"{', '.join(ctx.formats)}: one decoder layer at a time; state in {run.work}")
     t_start = time.perf_counter()
     try:
-        parts = run.run(progress=rep.advance, info=rep.info)
+        done = run.run(progress=rep.advance, info=rep.info)
     except BaseException:
-        state = run._state() if run.work.is_dir() else None
+        state = run.state() if run.work.is_dir() else None
         if state and state.get("layers_done"):
             rep.info(f"state kept: {state['layers_done']}/{state['layers']} layers done; rerun the same command "
                      "with --resume to continue")
         raise
-    results = []
-    for fmt in ctx.formats:
-        part = parts[fmt]
-        writer = part["writer"]
-        shard_dir = writer.out
-        with atomic_dir(ctx.outs[fmt], overwrite=opts.overwrite) as tmp:
-            t_fin = time.perf_counter()
-            for k in range(writer.total):
-                os.link(shard_dir / writer.name(k), tmp / writer.name(k))  # the state keeps its copy until the end
-            writer.out = tmp
-            writer.write_index()
-            _write_metadata(tmp, local, fmt, part["metadata"], plans[fmt], part["prefix"], part["skipped"])
-            timings = {**run.timings, "finalize": round(time.perf_counter() - t_fin, 3)}
-            native = {"mode": "layerwise", "layers": run.layers, "resumed_from_layer": run.resumed_from,
-                      "backend_library": ctx.backends[fmt].name}
-            results.append(finish_variant(ctx, tmp, fmt, plans[fmt], calib, tok, timings, native, t_start,
-                                          run_extra={"mode": "layerwise", "resumed_from_layer": run.resumed_from}))
+    results = [_finish(ctx, run, done, fmt, plans[fmt], calib, tok, t_start) for fmt in ctx.formats]
     run.cleanup()
     return results
 
 
-def _write_metadata(out: Path, local: Path, fmt: str, meta: dict, plan: Any, prefix: str = "",
-                    skipped: list[int] = ()) -> None:
-    """config.json = the source's, with the quantization_config merged from the layers;
-    hf_quant_config.json for ModelOpt; llm-compressor's ignore regexes for compressed-tensors.
-    Layers without any FP4 module (`skipped`) are declared unquantized as a whole."""
-    import re
+def _finish(ctx: Context, run: Any, done: Any, fmt: str, plan: Any, calib: Any, tok: Any,
+            t_start: float) -> VariantResult:
+    """Move one format's finished shards into its atomic output, with index and metadata."""
+    writer = done.writers[fmt]
+    shard_dir = writer.out
+    with atomic_dir(ctx.outs[fmt], overwrite=ctx.opts.overwrite) as tmp:
+        t_fin = time.perf_counter()
+        for k in range(writer.total):
+            os.link(shard_dir / writer.name(k), tmp / writer.name(k))  # the state keeps its copy until the end
+        writer.out = tmp
+        writer.write_index()
+        _write_metadata(tmp, ctx.local, fmt, done.metadata[fmt], done.prefix, done.skipped.get(fmt, []))
+        ctx.backends[fmt].finish_metadata(tmp, plan)
+        timings = {**run.timings, "finalize": round(time.perf_counter() - t_fin, 3)}
+        native = {"mode": "layerwise", "layers": run.layers, "resumed_from_layer": run.resumed_from,
+                  "backend_library": ctx.backends[fmt].name}
+        return finish_variant(ctx, tmp, fmt, plan, calib, tok, timings, native, t_start,
+                              run_extra={"mode": "layerwise", "resumed_from_layer": run.resumed_from})
 
+
+def _write_metadata(out: Path, local: Path, fmt: str, meta: dict, prefix: str = "", skipped: list[int] = ()) -> None:
+    """config.json = the source's, with the quantization_config merged from the layers, plus the
+    format's own metadata files. Layers without any FP4 module (`skipped`) are declared
+    unquantized as a whole, in the format's own syntax."""
+    f = get_format(fmt)
     meta = json.loads(json.dumps(meta))
-    qc = meta["quantization_config"]
-    if skipped and fmt == "modelopt":
-        entries = [f"{prefix}.{i}.*" for i in skipped]
-        hq = meta["hf_quant_config"]["quantization"]
-        hq["exclude_modules"] = list(hq.get("exclude_modules") or []) + entries
-        qc["ignore"] = list(qc.get("ignore") or []) + entries
-    elif skipped:
-        qc["ignore"] = list(qc.get("ignore") or []) + [f"re:{re.escape(prefix)}\\.{i}\\..*" for i in skipped]
     cfg = json.loads((local / "config.json").read_text())
     cfg["quantization_config"] = meta["quantization_config"]
     (out / "config.json").write_text(json.dumps(cfg, indent=2) + "\n")
-    if fmt == "modelopt":
-        (out / "hf_quant_config.json").write_text(json.dumps(meta["hf_quant_config"], indent=4))
-    else:
-        from quantkit.backends.llmcompressor import _append_regex_ignores, ignore_list
-
-        _append_regex_ignores(out / "config.json", [e for e in ignore_list(plan) if e.startswith("re:")])
+    f.write_metadata(out, meta)
+    if skipped:
+        f.add_unquantized(out, [f.subtree_entry(f"{prefix}.{i}") for i in skipped])

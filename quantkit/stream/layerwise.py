@@ -28,16 +28,38 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
 
-from quantkit.errors import PlanError, RecipeError, VerificationError
+from quantkit.checkpoint.formats import get_format
+from quantkit.errors import PlanError, UsageError, VerificationError
 from quantkit.stream.mini import build_stand_in, capture_outputs, stand_in_plan
 from quantkit.stream.shards import ShardWriter, SourceShards
 from quantkit.stream.stitch import Names, export_metadata, export_prefix, export_tensors, merge, rename
 
-__all__ = ["LayerwiseRun", "work_dir", "embed_samples"]
+__all__ = ["LayerwiseRun", "LayerwiseResult", "work_dir", "embed_samples"]
 
 
 def work_dir(base_out: Path) -> Path:
     return base_out.parent / f".{base_out.name}.layerwise"
+
+
+@dataclass
+class LayerwiseResult:
+    """What a finished layer loop leaves, per format: the finished shards (`writers`), the
+    quantization metadata merged over the layers, the layers' tensor prefix and the layers copied
+    unquantized (`skipped`: no FP4 module in them)."""
+    writers: dict[str, ShardWriter]
+    metadata: dict[str, dict]
+    prefix: str
+    skipped: dict[str, list[int]]
+
+
+@dataclass
+class _Loop:
+    """The mutable state of one run of the loop."""
+    src: SourceShards
+    state: dict
+    writers: dict[str, ShardWriter]
+    device: str
+    t: dict[str, float]
 
 
 @dataclass
@@ -70,7 +92,8 @@ class LayerwiseRun:
         return "sha256:" + h.hexdigest()
 
     # ------------------------------------------------------------------ state
-    def _state(self) -> dict | None:
+    def state(self) -> dict | None:
+        """The saved state (layers done, merged metadata), or None before the first layer."""
         p = self.work / "state.json"
         return json.loads(p.read_text()) if p.is_file() else None
 
@@ -80,13 +103,13 @@ class LayerwiseRun:
         os.replace(tmp, self.work / "state.json")
 
     def _start(self, n_layers: int) -> dict:
-        state = self._state()
+        state = self.state()
         fp = self.fingerprint()
         if state and not self.resume and not self.overwrite:
-            raise RecipeError(f"an interrupted run left {state['layers_done']}/{state['layers']} layers at {self.work}",
+            raise UsageError(f"an interrupted run left {state['layers_done']}/{state['layers']} layers at {self.work}",
                               hint="pass --resume to continue it, or --overwrite to start over")
         if state and self.resume and state["fingerprint"] != fp:
-            raise RecipeError(f"the saved state at {self.work} was made from a different model, recipe, plan "
+            raise UsageError(f"the saved state at {self.work} was made from a different model, recipe, plan "
                               "or calibration set", hint="pass --overwrite to start over")
         if state and self.resume:
             self.resumed_from = state["layers_done"]
@@ -104,108 +127,124 @@ class LayerwiseRun:
             try:
                 fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
-                raise RecipeError(f"another quantkit process is writing {self.work}",
+                raise UsageError(f"another quantkit process is writing {self.work}",
                                   hint="wait for it to finish, or choose another --out") from None
             yield
 
     # ------------------------------------------------------------------ run
-    def run(self, progress=None, info=None) -> dict[str, dict]:
-        """Quantize every layer; per format: {"writer": ShardWriter of the finished shards, "metadata": merged
-        quantization metadata, "prefix": the layers' tensor prefix, "skipped": layers copied unquantized}."""
+    def run(self, progress=None, info=None) -> LayerwiseResult:
+        """Quantize every layer (see the module doc)."""
         with self._locked():
             return self._run(progress or (lambda *a: None), info or (lambda m: None))
 
-    def _run(self, progress, info) -> dict[str, dict]:
+    def _run(self, progress, info) -> LayerwiseResult:
         import torch
 
         src = SourceShards(self.local)
+        self._check(src)
         n = self.layers = len(src.layers)
-        if sorted(src.layers) != list(range(n)):
+        groups = _other_groups(src)
+        state = self._start(n)  # before the writers: a fresh start empties the work directory
+        writers = {f: ShardWriter(self.work / get_format(f).dir_name, n + len(groups)) for f in self.plans}
+        loop = _Loop(src, state, writers, "cuda" if torch.cuda.is_available() else "cpu",
+                     {"load": 0.0, "calibrate": 0.0, "export": 0.0, "stitch": 0.0})
+        self._copy_other(loop, groups)
+        hidden = self._initial_hidden(loop, info)
+        calib_i = _positions_calib(self.calib, [len(x) for x in self.calib.input_ids])
+        norms = {k: v for k, v in src.read([o for o in src.other if "norm" in o]).items()}
+        for i in range(loop.state["layers_done"], n):
+            hidden = self._layer(loop, i, hidden, calib_i, norms)
+            _save_hidden(self.work / "hidden.safetensors", hidden)
+            loop.state["layers_done"] = i + 1
+            self._save_state(loop.state)
+            progress("layers", i + 1, n)
+            if loop.device == "cuda":
+                torch.cuda.empty_cache()
+        self.timings = {k: round(v, 3) for k, v in loop.t.items()}
+        state = loop.state
+        if any(f not in state["metadata"] for f in self.plans):
+            raise PlanError("no decoder layer has an FP4 module: nothing to quantize layer by layer",
+                            hint="check the plan (`quantkit plan`)")
+        return LayerwiseResult(writers, {f: state["metadata"][f] for f in self.plans}, src.prefix,
+                               {f: state.get("skipped", {}).get(f, []) for f in self.plans})
+
+    def _check(self, src: SourceShards) -> None:
+        """Contiguous decoder layers, and nothing outside them planned in FP4."""
+        if sorted(src.layers) != list(range(len(src.layers))):
             raise PlanError(f"{self.local}: decoder layer indices are not contiguous", hint="use --mode full")
-        for fmt, plan in self.plans.items():
+        for plan in self.plans.values():
             outside = [d.module.name for d in plan.fp4 if not re.match(r"^(?:\w+\.)*layers\.\d+\.", d.module.name)]
             if outside:
                 raise PlanError(f"memory-bounded mode quantizes decoder layers only; the plan puts {outside[0]} "
                                 "in FP4", hint="exclude it (--exclude) or use --mode full")
-        groups = _other_groups(src)
-        total_shards = n + len(groups)
-        state = self._start(n)
-        writers = {f: ShardWriter(self.work / f.replace("compressed-tensors", "ct"), total_shards) for f in self.plans}
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-        t = {"load": 0.0, "calibrate": 0.0, "export": 0.0, "stitch": 0.0}
-        if not state["other_done"]:
-            t0 = time.perf_counter()
-            for k, names in enumerate(groups):
-                tensors = src.read(names)
-                for w in writers.values():
-                    w.write(n + k, tensors)
-                del tensors
-            state["other_done"] = True
-            self._save_state(state)
-            t["load"] += time.perf_counter() - t0
-        hidden_file = self.work / "hidden.safetensors"
-        start = state["layers_done"]
-        if start == 0:
-            hidden = embed_samples(src, self.config, self.calib.input_ids)
-        else:
-            from safetensors.torch import load_file
 
-            hidden = load_file(str(hidden_file))["hidden"]
-            info(f"resuming at layer {start}/{n} ({self.work})")
-        lengths = [len(x) for x in self.calib.input_ids]
-        calib_i = _positions_calib(self.calib, lengths)
-        norms = {k: v for k, v in src.read([o for o in src.other if "norm" in o]).items()}
-        for i in range(start, n):
+    def _copy_other(self, loop: _Loop, groups: list[list[str]]) -> None:
+        """Non-layer tensors (embeddings, final norm, lm_head, MTP) copied as they are, once."""
+        if loop.state["other_done"]:
+            return
+        t0 = time.perf_counter()
+        n = self.layers
+        for k, names in enumerate(groups):
+            tensors = loop.src.read(names)
+            for w in loop.writers.values():
+                w.write(n + k, tensors)
+            del tensors
+        loop.state["other_done"] = True
+        self._save_state(loop.state)
+        loop.t["load"] += time.perf_counter() - t0
+
+    def _initial_hidden(self, loop: _Loop, info):
+        """Layer 0's inputs (the embeddings of the calibration tokens), or the saved activations."""
+        start = loop.state["layers_done"]
+        if start == 0:
+            return embed_samples(loop.src, self.config, self.calib.input_ids)
+        from safetensors.torch import load_file
+
+        info(f"resuming at layer {start}/{self.layers} ({self.work})")
+        return load_file(str(self.work / "hidden.safetensors"))["hidden"]
+
+    def _layer(self, loop: _Loop, i: int, hidden, calib_i: Any, norms: dict):
+        """Quantize layer i for every format; return its BF16 outputs (the next layer's inputs)."""
+        t0 = time.perf_counter()
+        layer = loop.src.read_layer(i, as_index=0)
+        loop.t["load"] += time.perf_counter() - t0
+        nxt = None
+        for j, fmt in enumerate(self.plans):
+            tensors = layer if j == len(self.plans) - 1 else {k: v.clone() for k, v in layer.items()}
+            model = build_stand_in(self.config, i, tensors, norms, hidden, loop.device)
+            if nxt is None:
+                t0 = time.perf_counter()
+                nxt = capture_outputs(model, calib_i).to(hidden.dtype)
+                loop.t["calibrate"] += time.perf_counter() - t0
+            self._layer_format(loop, i, fmt, model, tensors, calib_i)
+            del model
+        return nxt
+
+    def _layer_format(self, loop: _Loop, i: int, fmt: str, model: Any, tensors: dict, calib_i: Any) -> None:
+        """One format's backend quantizes and exports the stand-in of layer i; written as shard i."""
+        sub = stand_in_plan(self.plans[fmt], model, i)
+        if not sub.fp4:  # nothing of this layer goes to FP4 (e.g. a Mamba layer): copied as it is,
+            # and declared unquantized by a whole-layer entry when the metadata is written
+            loop.writers[fmt].write(i, loop.src.rename_layer(tensors, 0, i))
+            loop.state.setdefault("skipped", {}).setdefault(fmt, []).append(i)
+            return
+        backend, t = self.backends[fmt], loop.t
+        with tempfile.TemporaryDirectory(dir=self.work, prefix=f"layer{i}-") as d:
+            res = backend.quantize(model, self.tokenizer, sub, calib_i, self.recipe.scheme, Path(d), progress=None,
+                                   kv_cache=self.recipe.kv_cache,
+                                   algorithm=self.recipe.calibration.algorithm_for(backend.name))
+            t["calibrate"] += res.timings.get("calibrate", 0.0)
+            t["export"] += res.timings.get("export", 0.0)
             t0 = time.perf_counter()
-            layer = src.read_layer(i, as_index=0)
-            t["load"] += time.perf_counter() - t0
-            nxt = None
-            for j, (fmt, plan) in enumerate(self.plans.items()):
-                tensors = layer if j == len(self.plans) - 1 else {k: v.clone() for k, v in layer.items()}
-                model = build_stand_in(self.config, i, tensors, norms, hidden, device)
-                if nxt is None:
-                    t0 = time.perf_counter()
-                    nxt = capture_outputs(model, calib_i).to(hidden.dtype)
-                    t["calibrate"] += time.perf_counter() - t0
-                sub = stand_in_plan(plan, model, i)
-                if not sub.fp4:  # nothing of this layer goes to FP4 (e.g. a Mamba layer): copied as it is,
-                    # and declared unquantized by a whole-layer entry when the metadata is written
-                    writers[fmt].write(i, src.rename_layer(tensors, 0, i))
-                    state.setdefault("skipped", {}).setdefault(fmt, []).append(i)
-                    del model
-                    continue
-                with tempfile.TemporaryDirectory(dir=self.work, prefix=f"layer{i}-") as d:
-                    res = self.backends[fmt].quantize(
-                        model, self.tokenizer, sub, calib_i, self.recipe.scheme, Path(d), progress=None,
-                        kv_cache=self.recipe.kv_cache,
-                        algorithm=self.recipe.calibration.algorithm_for(self.backends[fmt].name))
-                    t["calibrate"] += res.timings.get("calibrate", 0.0)
-                    t["export"] += res.timings.get("export", 0.0)
-                    t0 = time.perf_counter()
-                    names = Names(export_prefix(Path(d)), src.prefix, i)
-                    out = export_tensors(Path(d), names)
-                    if not out:
-                        raise VerificationError(f"the {fmt} export of layer {i} holds no tensors of the layer",
-                                                hint="use --mode full for this architecture")
-                    meta = rename(export_metadata(Path(d)), names)
-                    state["metadata"][fmt] = merge(state["metadata"].get(fmt) or meta, meta)
-                    writers[fmt].write(i, out)
-                    t["stitch"] += time.perf_counter() - t0
-                del model, out
-            del layer
-            hidden = nxt
-            _save_hidden(hidden_file, hidden)
-            state["layers_done"] = i + 1
-            self._save_state(state)
-            progress("layers", i + 1, n)
-            if device == "cuda":
-                torch.cuda.empty_cache()
-        self.timings = {k: round(v, 3) for k, v in t.items()}
-        if any(f not in state["metadata"] for f in self.plans):
-            raise PlanError("no decoder layer has an FP4 module: nothing to quantize layer by layer",
-                            hint="check the plan (`quantkit plan`)")
-        return {f: {"writer": writers[f], "metadata": state["metadata"][f], "prefix": src.prefix,
-                    "skipped": state.get("skipped", {}).get(f, [])} for f in self.plans}
+            names = Names(export_prefix(Path(d)), loop.src.prefix, i)
+            out = export_tensors(Path(d), names)
+            if not out:
+                raise VerificationError(f"the {fmt} export of layer {i} holds no tensors of the layer",
+                                        hint="use --mode full for this architecture")
+            meta = rename(export_metadata(Path(d)), names)
+            loop.state["metadata"][fmt] = merge(loop.state["metadata"].get(fmt) or meta, meta)
+            loop.writers[fmt].write(i, out)
+            t["stitch"] += time.perf_counter() - t0
 
     def cleanup(self) -> None:
         shutil.rmtree(self.work, ignore_errors=True)

@@ -1,7 +1,8 @@
 """A one-layer model of the real class that stands in for decoder layer i.
 
-The config is the source's with `num_hidden_layers=1` and layer i's per-layer fields
-(`layer_types`, Nemotron-H's pattern, MoE `mlp_only_layers`). Its input embedding table *is* the
+The config is the source's with `num_hidden_layers=1` and layer i's per-layer fields, as the
+families narrow them (`quantkit.families.slice_layer`: `layer_types`, Nemotron-H's pattern, MoE
+`mlp_only_layers`, no MTP layers). Its input embedding table *is* the
 calibration activations that reach layer i: token id k of the stand-in means "row k of the
 captured hidden states", so both backends calibrate through their own normal path (a model,
 input_ids, a forward loop or `oneshot`) and see exactly the inputs that layer i sees in the full
@@ -13,6 +14,7 @@ import copy
 from typing import Any
 
 from quantkit.errors import PlanError
+from quantkit.families import slice_layer
 
 __all__ = ["layer_config", "build_stand_in", "capture_outputs", "stand_in_plan"]
 
@@ -25,20 +27,10 @@ def layer_config(config: Any, i: int, vocab: int) -> Any:
     text = cfg.get_text_config() if hasattr(cfg, "get_text_config") else cfg
     n = text.num_hidden_layers
     text.num_hidden_layers = 1
-    if isinstance(getattr(text, "layer_types", None), (list, tuple)) and len(text.layer_types) == n:
-        text.layer_types = [text.layer_types[i]]
-    pattern = getattr(text, "hybrid_override_pattern", None)
-    if isinstance(pattern, str) and len(pattern) == n:
-        text.hybrid_override_pattern = pattern[i]
-    if isinstance(getattr(text, "mlp_only_layers", None), (list, tuple)):
-        text.mlp_only_layers = [0] if i in text.mlp_only_layers else []
-    if getattr(text, "decoder_sparse_step", 1) not in (None, 1):
-        raise PlanError(f"memory-bounded mode cannot rebuild layer {i}: decoder_sparse_step="
-                        f"{text.decoder_sparse_step} ties the layer type to its index",
+    why = slice_layer(text, i, n)  # the families narrow the per-layer fields they know
+    if why:
+        raise PlanError(f"memory-bounded mode cannot rebuild layer {i}: {why}",
                         hint="use --mode full on a machine with enough memory")
-    for key in ("num_nextn_predict_layers", "mtp_num_hidden_layers", "num_mtp_layers"):
-        if getattr(text, key, None):
-            setattr(text, key, 0)
     text.vocab_size = vocab
     text.use_cache = False
     cfg.use_cache = False

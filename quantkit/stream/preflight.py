@@ -13,7 +13,7 @@ import re
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from quantkit.errors import RecipeError
+from quantkit.errors import UsageError
 
 __all__ = ["Estimate", "estimate", "choose_mode", "parse_size", "available_memory"]
 
@@ -41,10 +41,10 @@ def parse_size(text: str) -> int:
     """'20GiB', '20G', '512MB', '1.5TB' -> bytes (G/GB/GiB are all 2**30: memory is sold in GiB)."""
     m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([kmgt]?)(i?b)?\s*", text.lower())
     if not m:
-        raise RecipeError(f"cannot read memory size {text!r}", hint="use e.g. --max-memory 20GiB or 512MB")
+        raise UsageError(f"cannot read memory size {text!r}", hint="use e.g. --max-memory 20GiB or 512MB")
     mult = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}[m[2]]
     if m[2] == "" and m[3] is None:
-        raise RecipeError(f"memory size {text!r} has no unit", hint="use e.g. --max-memory 20GiB")
+        raise UsageError(f"memory size {text!r} has no unit", hint="use e.g. --max-memory 20GiB")
     return int(float(m[1]) * mult)
 
 
@@ -105,8 +105,8 @@ def choose_mode(requested: str, estimates: dict[str, Estimate], limit: int, limi
         return requested
     other = "layerwise" if requested == "full" else "full"
     if estimates[other].peak_bytes <= limit:
-        raise RecipeError(f"--mode {requested} needs ~{gib(est.peak_bytes)} but {limit_source} is {gib(limit)}",
+        raise UsageError(f"--mode {requested} needs ~{gib(est.peak_bytes)} but {limit_source} is {gib(limit)}",
                           hint=f"use --mode {other} (~{gib(estimates[other].peak_bytes)}), or --mode auto")
-    raise RecipeError(f"no mode fits: layerwise needs ~{gib(estimates['layerwise'].peak_bytes)} "
+    raise UsageError(f"no mode fits: layerwise needs ~{gib(estimates['layerwise'].peak_bytes)} "
                       f"and {limit_source} is {gib(limit)}",
                       hint="fewer --samples / --seq-len shrink the activations; or use a machine with more memory")

@@ -65,10 +65,6 @@ class SourceShards:
     def layer_bytes(self, i: int) -> int:
         return self.nbytes(self.layers.get(i, []))
 
-    @property
-    def max_layer_bytes(self) -> int:
-        return max((self.layer_bytes(i) for i in self.layers), default=0)
-
     # --------------------------------------------------------------- reading
     def read(self, names: Iterable[str]) -> dict:
         """Tensors by name, read through safetensors' memory map (copies of just these)."""

@@ -1,0 +1,94 @@
+"""compressed-tensors (llm-compressor's output): `quantization_config` with
+`quant_method: compressed-tensors`, config groups of format `nvfp4-pack-quantized`; unquantized
+modules listed in `ignore` as exact names or `re:` regexes (matched with re.match); per linear
+`weight_packed` (E2M1, uint8), `weight_scale` (FP8), `weight_global_scale` and
+`input_global_scale` (FP32, divided)."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+from quantkit.checkpoint.formats.base import Format, FormatInfo, Tensors, add_entries
+
+__all__ = ["COMPRESSED_TENSORS"]
+
+
+def _group_precision(group: dict) -> str | None:
+    w = group.get("weights") or {}
+    if group.get("format") == "nvfp4-pack-quantized" or (w.get("num_bits") == 4 and w.get("type") == "float"):
+        return "fp4"
+    if group.get("format") == "float-quantized" or (w.get("num_bits") == 8 and w.get("type") == "float"):
+        return "fp8"
+    return None
+
+
+def _kind(qc: dict) -> str:
+    fmt = qc.get("format")
+    fmts = {g.get("format", fmt) for g in (qc.get("config_groups") or {}).values()} or {fmt}
+    if fmts == {"nvfp4-pack-quantized"}:
+        return "compressed-tensors-nvfp4"
+    if fmts == {"float-quantized"}:
+        return "compressed-tensors-fp8"
+    return "mixed" if len(fmts) > 1 or fmt == "mixed-precision" else "unknown"
+
+
+class CompressedTensorsFormat(Format):
+    name = "compressed-tensors"
+    dir_name = "ct"
+    aliases = ("ct",)
+    backend = "llmcompressor"
+    title = "compressed-tensors"
+    hub_tag = "compressed-tensors"
+    color = "#1f6feb"
+    nvfp4_kind = "compressed-tensors-nvfp4"
+    kinds = ("compressed-tensors-nvfp4", "compressed-tensors-fp8")
+    tensors = Tensors("weight_packed", "weight_scale", "weight_global_scale", "input_global_scale",
+                      global_scale_divides=True)
+
+    def detect(self, config: dict, hf_quant_config: dict | None) -> FormatInfo | None:
+        qc = config.get("quantization_config") or {}
+        if qc.get("quant_method") != "compressed-tensors":
+            return None
+        groups = qc.get("config_groups") or {}
+        gs = next((g.get("weights", {}).get("group_size") for g in groups.values()), None)
+        kv = qc.get("kv_cache_scheme")
+        return FormatInfo(_kind(qc), "compressed-tensors", "compressed-tensors", qc.get("version"), None,
+                          qc.get("format"), gs, json.dumps(kv) if kv else None, list(qc.get("ignore") or []), qc, None)
+
+    def entry_pattern(self, entry: str):
+        return re.compile(entry[3:]).match if entry.startswith("re:") else None  # vLLM: re.match
+
+    def subtree_entry(self, prefix: str, anywhere: bool = False) -> str:
+        lead = "(.*\\.)?" if anywhere else ""
+        return f"re:{lead}{re.escape(prefix)}\\..*"
+
+    def add_unquantized(self, ckpt: Path, entries: list[str]) -> None:
+        add_entries(ckpt / "config.json", ("quantization_config", "ignore"), entries)
+
+    def declared_precision(self, info: FormatInfo, module: str) -> str | None:
+        """The config group whose target matches: exact name, then `re:`, then a class name such
+        as `Linear`, as compressed-tensors resolves them."""
+        groups = list((info.config_quant.get("config_groups") or {}).values())
+        tests = (lambda t: t == module,
+                 lambda t: t.startswith("re:") and re.match(t[3:], module) is not None,
+                 lambda t: not t.startswith("re:") and "." not in t and t[:1].isupper())
+        for test in tests:
+            for g in groups:
+                if any(test(t) for t in g.get("targets") or []):
+                    return _group_precision(g)
+        return None
+
+    def serve_commands(self, repo: str) -> dict[str, str]:
+        # no quantization flag: vLLM auto-detects compressed-tensors, and passing one is a classic failure
+        return {"vllm": f"vllm serve {repo}", "sglang": f"python -m sglang.launch_server --model-path {repo}"}
+
+    def publish_problem(self, ckpt: Path, info: FormatInfo) -> tuple[str, str] | None:
+        if info.ct_format != "nvfp4-pack-quantized":
+            return (f"compressed-tensors format is {info.ct_format!r}, expected 'nvfp4-pack-quantized'",
+                    "re-export with quantkit quantize --format compressed-tensors")
+        return None
+
+
+COMPRESSED_TENSORS = CompressedTensorsFormat()

@@ -1,0 +1,175 @@
+"""What the full and the layerwise paths share: the run's typed context, the pre-flight that picks
+the mode, the "plans + calibration" step, and `finish_variant` (tokenizer, recipe, verification,
+manifest of one written checkpoint)."""
+
+from __future__ import annotations
+
+import resource
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from quantkit.backends import backend_for_format
+from quantkit.errors import UsageError
+from quantkit.progress import Reporter
+from quantkit.quantize.options import QuantizeOptions, VariantResult
+from quantkit.recipe import Recipe
+
+__all__ = ["Context", "preflight", "plans_and_calibration", "finish_variant", "cuda"]
+
+
+@dataclass
+class Context:
+    """One quantize run: the recipe with the options applied, the formats and their backends and
+    output directories, the local source and the pre-flight's decision."""
+    recipe: Recipe
+    opts: QuantizeOptions
+    formats: list[str]
+    backends: dict[str, Any]  # format -> Backend
+    outs: dict[str, Path]  # format -> final output directory
+    base_out: Path
+    local: Path
+    preflight: dict
+    reporter: Reporter
+    t0: float
+
+    def resolved_recipe(self) -> dict:
+        resolved = self.recipe.model_dump(mode="json", by_alias=True, exclude_none=True)
+        if self.opts.exclude:
+            resolved["exclude"] = resolved.get("exclude", []) + [
+                {"pattern": p, "reason": "excluded on the command line (--exclude)"} for p in self.opts.exclude]
+        return resolved
+
+
+def cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def preflight(recipe: Recipe, opts: QuantizeOptions, formats: list[str], config: Any, reporter: Reporter) -> tuple[str, dict]:
+    """The mode (full or layerwise) for this model, these formats and the memory there is."""
+    from quantkit.modules import meta_model, param_stats
+    from quantkit.stream.preflight import choose_mode, estimate
+
+    if opts.mode not in ("auto", "full", "layerwise"):
+        raise UsageError(f"unknown mode {opts.mode!r}", hint="use --mode auto, full or layerwise")
+    meta = meta_model(config)
+    total, _ = param_stats(meta)
+    text = config.get_text_config() if hasattr(config, "get_text_config") else config
+    tokens = recipe.calibration.samples * recipe.calibration.seq_len
+    est = estimate(meta, total, len(formats), tokens, int(getattr(text, "hidden_size", 0) or 0), cuda())
+    limit, source = _memory_limit(opts)
+    requested = opts.mode
+    if opts.mode == "auto":  # --nproc places the whole model on the GPUs; --resume continues a layerwise run
+        requested = "full" if opts.nproc > 1 else "layerwise" if opts.resume else "auto"
+    if opts.resume and requested == "full":
+        raise UsageError("--resume works with --mode layerwise only", hint="drop --mode full, or drop --resume")
+    mode = choose_mode(requested, est, limit, source)
+    e = est[mode]
+    reporter.stage("pre-flight", f"mode {mode}: ~{e.peak_bytes / 2**30:.1f} GiB peak, ~{e.seconds:.0f} s "
+                   f"({source} {limit / 2**30:.1f} GiB; full ~{est['full'].peak_bytes / 2**30:.1f} GiB)")
+    return mode, {"mode": mode, "limit_bytes": limit, "limit_source": source,
+                  "estimates": {k: v.to_dict() for k, v in est.items()}}
+
+
+def _memory_limit(opts: QuantizeOptions) -> tuple[int, str]:
+    from quantkit.stream.preflight import available_memory
+
+    if opts.nproc > 1:  # the weights go straight to the GPUs
+        import torch
+
+        return sum(torch.cuda.mem_get_info(i)[0] for i in range(opts.nproc)), f"free memory of {opts.nproc} GPUs"
+    if opts.max_memory:
+        return opts.max_memory, "--max-memory"
+    return available_memory(), "available memory"
+
+
+def plans_and_calibration(ctx: Context, config: Any, tok: Any, model: Any = None) -> tuple[dict, Any]:
+    """One plan per format (on `model`, or on a meta-device model of `config`) and the calibration
+    set, batched for this machine. Mixed precision (full mode only) measures on `model`."""
+    from quantkit.calib import build_calibration
+    from quantkit.plan import build_plan
+
+    recipe, opts, rep = ctx.recipe, ctx.opts, ctx.reporter
+    plans = {f: build_plan(config, model_source=recipe.model.source, backend=backend_for_format(f),
+                           scheme=recipe.scheme, recipe_rules=recipe.patterns(), cli_patterns=opts.exclude,
+                           family=recipe.family, strict=opts.strict, model=model) for f in ctx.formats}
+    for w in plans[ctx.formats[0]].warnings:
+        rep.info(f"warning: {w}")
+    if recipe.mixed_precision is not None:
+        from quantkit.sensitivity import apply_mixed_precision
+
+        plans = apply_mixed_precision(plans, model, tok, recipe, rep)
+    c = recipe.calibration
+    rep.stage("calibration data", c.dataset)
+    calib = build_calibration(tok, c.dataset, c.samples, c.seq_len, c.seed)
+    calib.batch_size = c.resolved_batch_size(cuda())
+    if len(calib.input_ids) < c.samples:
+        rep.info(f"note: {c.dataset} has {len(calib.input_ids)} samples; {c.samples} were asked for")
+    return plans, calib
+
+
+def finish_variant(ctx: Context, tmp: Path, fmt: str, plan: Any, calib: Any, tok: Any, timings: dict,
+                   native_config: Any, t_start: float, run_extra: dict | None = None) -> VariantResult:
+    """Tokenizer, recipe, verification and manifest for one written checkpoint in `tmp`."""
+    from quantkit.backends.base import timed
+    from quantkit.checkpoint.verify import verify_checkpoint
+
+    reporter, local = ctx.reporter, ctx.local
+    resolved = ctx.resolved_recipe()
+    tok.save_pretrained(tmp)
+    if (local / "generation_config.json").is_file() and not (tmp / "generation_config.json").is_file():
+        shutil.copy2(local / "generation_config.json", tmp / "generation_config.json")
+    (tmp / "quantkit-recipe.yaml").write_text(yaml.safe_dump(resolved, sort_keys=False))
+    reporter.stage(f"verify [{fmt}]")
+    with timed(timings, "verify"):
+        report = verify_checkpoint(tmp, plan, fmt, source=local)
+    for fix in report.fixes:
+        reporter.info(f"fixed: {fix}")
+    for w in report.warnings:
+        reporter.info(f"warning: {w}")
+    manifest = _manifest(ctx, tmp, fmt, plan, calib, report, resolved, timings, native_config, t_start, run_extra)
+    return VariantResult(fmt, ctx.backends[fmt].name, ctx.outs[fmt], manifest, timings, _peak_rss(),
+                         report.fp4_modules, len(plan.kept), _dir_bytes(tmp), plan.source_bytes)
+
+
+def _manifest(ctx: Context, tmp: Path, fmt: str, plan: Any, calib: Any, report: Any, resolved: dict, timings: dict,
+              native_config: Any, t_start: float, run_extra: dict | None) -> dict:
+    from quantkit.checkpoint.manifest import numerics, write_manifest
+
+    recipe = ctx.recipe
+    return write_manifest(tmp, {
+        "format": fmt, "backend": ctx.backends[fmt].name, "scheme": recipe.scheme,
+        "backend_config": native_config,
+        "source": {"model": recipe.model.source, "revision": recipe.model.revision, "local_path": str(ctx.local)},
+        "recipe": resolved,
+        "plan": {**plan.to_dict()["summary"], "families": plan.families, "model_type": plan.model_type,
+                 "architecture": plan.architecture,
+                 "kept": [{"module": d.module.name, "reason": d.reason, "source": d.source} for d in plan.kept],
+                 "rules": [r.to_dict() for r in plan.rules if r.source in ("cli", "recipe")]},
+        "calibration": calib.describe(),
+        "verification": report.to_dict(),
+        "run": {"timings_s": timings, "peak_rss_bytes": _peak_rss(), **_gpu_stats(), "numerics": numerics(),
+                "wall_s": round(time.perf_counter() - t_start, 3), "preflight": ctx.preflight, **(run_extra or {})},
+    })
+
+
+def _peak_rss() -> int:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def _gpu_stats() -> dict:
+    if not cuda():
+        return {"device": "cpu"}
+    import torch
+
+    return {"device": torch.cuda.get_device_name(0), "peak_gpu_bytes": torch.cuda.max_memory_allocated()}
+
+
+def _dir_bytes(p: Path) -> int:
+    return sum(f.stat().st_size for f in p.rglob("*.safetensors"))

@@ -1,0 +1,67 @@
+"""The full-model path: load the model once, plan and calibrate, then per format a backend
+quantizes (a deep copy for every format but the last) and exports into an atomic directory."""
+
+from __future__ import annotations
+
+import copy
+import time
+from pathlib import Path
+from typing import Any
+
+from quantkit.checkpoint.atomic import atomic_dir
+from quantkit.progress import Reporter
+from quantkit.quantize.context import Context, finish_variant, plans_and_calibration
+from quantkit.quantize.options import VariantResult
+from quantkit.recipe import Recipe
+
+__all__ = ["quantize_full", "load_model"]
+
+
+def load_model(local: Path, recipe: Recipe, reporter: Reporter, nproc: int = 1):
+    """(config, model in BF16 on the GPU or CPU, tokenizer); the tokenizer parses in a thread
+    while the weights load (33 MB of JSON for Gemma)."""
+    import torch
+    from concurrent.futures import ThreadPoolExecutor
+    from transformers import AutoTokenizer
+
+    from quantkit.modules import model_class_for
+    from quantkit.source import load_config
+
+    config = load_config(str(local), trust_remote_code=recipe.model.trust_remote_code)
+    reporter.stage("load", f"{local}" + (f" across {nproc} GPUs (accelerate device_map)" if nproc > 1 else ""))
+    cls, trc = model_class_for(config), recipe.model.trust_remote_code
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        tok_future = pool.submit(AutoTokenizer.from_pretrained, str(local), trust_remote_code=trc)
+        if nproc > 1:  # accelerate's big-model placement: consecutive layers on consecutive GPUs
+            budget = {i: int(torch.cuda.mem_get_info(i)[0] * 0.85) for i in range(nproc)}
+            model = cls.from_pretrained(str(local), dtype=torch.bfloat16, trust_remote_code=trc,
+                                        device_map="balanced", max_memory=budget).eval()
+        else:
+            device = "cuda" if torch.cuda.is_available() else "cpu"
+            model = cls.from_pretrained(str(local), dtype=torch.bfloat16, trust_remote_code=trc).to(device).eval()
+        tok = tok_future.result()
+    return config, model, tok
+
+
+def quantize_full(ctx: Context) -> list[VariantResult]:
+    config, model, tok = load_model(ctx.local, ctx.recipe, ctx.reporter, ctx.opts.nproc)
+    t_load = time.perf_counter() - ctx.t0
+    plans, calib = plans_and_calibration(ctx, config, tok, model)
+    results = []
+    for i, fmt in enumerate(ctx.formats):
+        work_model = copy.deepcopy(model) if i < len(ctx.formats) - 1 else model
+        results.append(_one_format(ctx, fmt, work_model, tok, plans[fmt], calib, t_load))
+        del work_model
+    return results
+
+
+def _one_format(ctx: Context, fmt: str, model: Any, tok: Any, plan: Any, calib: Any, t_load: float) -> VariantResult:
+    backend, recipe = ctx.backends[fmt], ctx.recipe
+    ctx.reporter.stage(f"quantize [{fmt}]", f"{backend.name}: {len(plan.fp4)} FP4, {len(plan.kept)} kept")
+    t_start = time.perf_counter()
+    with atomic_dir(ctx.outs[fmt], overwrite=ctx.opts.overwrite) as tmp:
+        res = backend.quantize(model, tok, plan, calib, recipe.scheme, tmp, progress=ctx.reporter.advance,
+                               kv_cache=recipe.kv_cache, algorithm=recipe.calibration.algorithm_for(backend.name))
+        devices = sorted({str(p.device) for p in model.parameters()})
+        return finish_variant(ctx, tmp, fmt, plan, calib, tok, {"load": round(t_load, 3), **res.timings},
+                              res.native_config, t_start, run_extra={"mode": "full", "devices": devices})
