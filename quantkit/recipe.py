@@ -73,8 +73,12 @@ class Calibration(_Strict):
     # gptq / awq: llm-compressor's GPTQ / AWQ with the NVFP4 scheme; awq_lite: ModelOpt's AWQ
     # (ModelOpt's mse/awq_lite fake-quantize during calibration, which needs CUDA).
     # One name for every backend, or one per backend ({modelopt: awq_lite, llmcompressor: gptq}):
-    # each library's best option differs, and `--format both` runs both.
+    # each library's best option differs. With one algorithm that one library runs here,
+    # `--format both` calibrates once and writes the other format by conversion (same FP4 codes and
+    # scales, quantkit.convert); with different algorithms per backend, or `each: true`, every
+    # library calibrates its own format (to compare the libraries).
     algorithm: Algorithm | dict[Backend, Algorithm] = "minmax"
+    each: bool = False
     dataset: str = "bundled-en"
     samples: int = Field(64, ge=1, le=100_000)
     seq_len: int = Field(512, ge=16, le=131_072)

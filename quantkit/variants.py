@@ -1,8 +1,8 @@
 """Variants: ModelOpt and compressed-tensors NVFP4 of one recipe, side by side.
 
-One load, one calibration set and one plan are shared by both formats (quantize); the BF16
-source is served first for its reference perplexity and probe outputs, then each variant is
-validated against it; the comparison (size, bits/param, kept layers, verdicts, perplexity,
+One load, one calibration and one plan are shared by both formats (quantize: one library
+calibrates, the other format is converted from it, so the variants differ only in layout and in
+the engine's loader for it); each variant is validated against the BF16 source, served once; the comparison (size, bits/param, kept layers, verdicts, perplexity,
 probe outputs, time and peak memory per step) is written as JSON, Markdown and a
 self-contained HTML page with bar charts."""
 
@@ -89,7 +89,7 @@ def _md(cmp: Comparison, rows: list[dict]) -> str:
                      f"{r['fp4']} / {r['kept'] if r['kept'] is not None else '—'} | {r['verdict']} | "
                      f"{r['perplexity'] if r['perplexity'] is not None else '—'} | "
                      f"{'x' + str(r['ppl_ratio']) if r['ppl_ratio'] else '—'} | {t.get('calibrate', '—')} | "
-                     f"{t.get('export', '—')} | {t.get('validate_total', t.get('total', '—'))} | {mb(r['peak_rss_bytes'])} |")
+                     f"{t.get('export', ('convert ' + str(t['convert'])) if 'convert' in t else '—')} | {t.get('validate_total', t.get('total', '—'))} | {mb(r['peak_rss_bytes'])} |")
     names = [n for r in rows[1:] for n in r["checks"]]
     checks = list(dict.fromkeys(names))
     if checks:

@@ -40,13 +40,27 @@ def smollm2_dir() -> Path:
 
 @pytest.fixture(scope="session")
 def smollm2_quantized(tmp_path_factory, smollm2_dir) -> dict[str, Path]:
-    """SmolLM2-135M quantized in both formats through the library pipeline (the recipe: 32 samples x 256)."""
+    """SmolLM2-135M quantized in both formats through the library pipeline (the recipe: 32 samples x 256):
+    ModelOpt calibrates, compressed-tensors is converted from it (the default of --format both)."""
     from quantkit.quantize import QuantizeOptions, quantize
     from quantkit.recipe import resolve_recipe
 
     out = tmp_path_factory.mktemp("smol") / "smollm2"
     results = quantize(resolve_recipe("smollm2-135m"),
                        QuantizeOptions(formats=["modelopt", "compressed-tensors"], out=out))
+    return {r.format: r.path for r in results}
+
+
+@pytest.fixture(scope="session")
+def smollm2_each(tmp_path_factory, smollm2_dir) -> dict[str, Path]:
+    """The same with every library calibrating its own format (--calibrate-each): llm-compressor's
+    own compressed-tensors output."""
+    from quantkit.quantize import QuantizeOptions, quantize
+    from quantkit.recipe import resolve_recipe
+
+    out = tmp_path_factory.mktemp("smol-each") / "smollm2"
+    results = quantize(resolve_recipe("smollm2-135m"),
+                       QuantizeOptions(formats=["modelopt", "compressed-tensors"], out=out, calibrate_each=True))
     return {r.format: r.path for r in results}
 
 

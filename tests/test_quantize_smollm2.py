@@ -36,12 +36,32 @@ def test_modelopt_metadata_golden(smollm2_quantized):
     assert qc["config_groups"]["group_0"]["weights"]["group_size"] == 16
 
 
-def test_compressed_tensors_metadata_golden(smollm2_quantized):
-    d = smollm2_quantized["compressed-tensors"]
+def test_compressed_tensors_metadata_golden(smollm2_each):
+    """llm-compressor's own output (every library calibrating, --calibrate-each)."""
+    d = smollm2_each["compressed-tensors"]
     qc = json.loads((d / "config.json").read_text())["quantization_config"]
     _golden_check(qc, "smollm2-ct-quantization_config.json")
     assert qc["format"] == "nvfp4-pack-quantized" and qc["quant_method"] == "compressed-tensors"
     assert (d / "recipe.yaml").is_file()
+    assert json.loads((d / "quantkit.json").read_text())["backend"] == "llmcompressor"
+
+
+def test_converted_compressed_tensors_metadata(smollm2_quantized):
+    """--format both: the compressed-tensors variant is written from ModelOpt's calibration, its
+    metadata built with compressed-tensors' own classes, the plan's kept modules declared by exact
+    name and by `re:` entry (fused engine names)."""
+    d = smollm2_quantized["compressed-tensors"]
+    qc = json.loads((d / "config.json").read_text())["quantization_config"]
+    golden = json.loads((GOLDEN / "smollm2-ct-quantization_config.json").read_text())
+    assert qc["format"] == "nvfp4-pack-quantized" and qc["quant_method"] == "compressed-tensors"
+    assert qc["quantization_status"] == "compressed" and qc["config_groups"]["group_0"]["targets"] == ["Linear"]
+    for part in ("weights", "input_activations"):
+        for key in ("num_bits", "type", "group_size", "strategy", "dynamic", "symmetric"):
+            assert qc["config_groups"]["group_0"][part][key] == golden["config_groups"]["group_0"][part][key]
+    assert set(golden["ignore"]) <= set(qc["ignore"])
+    m = json.loads((d / "quantkit.json").read_text())
+    assert m["backend"] == "modelopt" and m["converted_from"]["format"] == "modelopt"
+    assert m["conversion"] == {"nvfp4_linears": 210, "inexact_scales": 0}
 
 
 @pytest.mark.parametrize("fmt", ["modelopt", "compressed-tensors"])

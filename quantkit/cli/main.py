@@ -7,6 +7,7 @@ import sys
 import typer
 
 from quantkit import __version__
+from quantkit.cli import convert as convert_cmd
 from quantkit.cli import inspect as inspect_cmd
 from quantkit.cli import plan as plan_cmd
 from quantkit.cli import publish as publish_cmd
@@ -26,6 +27,7 @@ app = typer.Typer(
          "  quantkit quantize smollm2-135m --format both --out out/smollm2\n\n"
          "  quantkit quantize grm-27b --exclude '*linear_attn*' --format modelopt --out out/grm-27b-nvfp4\n\n"
          "  quantkit inspect out/smollm2/ct\n\n"
+         "  quantkit convert out/smollm2/modelopt --to ct --out out/smollm2-ct\n\n"
          "  quantkit validate out/smollm2/modelopt out/smollm2/ct --junit report.xml\n\n"
          "  quantkit variants smollm2-135m --out out/smollm2\n\n"
          "  quantkit publish out/smollm2/ct --to dir:/srv/models/smollm2-nvfp4-ct\n\n"
@@ -58,6 +60,7 @@ inspect_cmd.register(app)
 validate_cmd.register(app)
 publish_cmd.register(app)
 variants_cmd.register(app)
+convert_cmd.register(app)
 run_cmd.register(app)
 
 

@@ -40,12 +40,17 @@ def register(app: typer.Typer) -> None:
         overwrite: Annotated[bool, typer.Option("--overwrite", help="replace an existing output directory (and "
                              "discard an interrupted run's state)")] = False,
         strict: StrictOpt = False,
+        calibrate_each: Annotated[bool, typer.Option("--calibrate-each", help="with several formats, every "
+                                  "library calibrates its own (to compare the libraries); default: one calibrates "
+                                  "and the other formats are written from the same FP4 codes and scales")] = False,
     ) -> None:
         """Quantize a model to NVFP4 from a recipe.
 
         The output directory appears only when the checkpoint is complete and verified
         (weights, config with quantization_config, hf_quant_config.json for ModelOpt, tokenizer,
-        quantkit.json manifest); an interrupted run leaves nothing there.
+        quantkit.json manifest); an interrupted run leaves nothing there. With --format both one
+        library calibrates (ModelOpt, unless the recipe's algorithm is llm-compressor's) and the
+        other format is converted from its output: two layouts of the same numbers.
 
         Examples:
 
@@ -69,6 +74,7 @@ def register(app: typer.Typer) -> None:
         opts = QuantizeOptions(formats=parse_format(fmt) if fmt else None, backend=backend, exclude=exclude or [],
                                out=out, overwrite=overwrite, strict=strict, samples=samples, seq_len=seq_len,
                                model=model, algorithm=algorithm, mode=mode, resume=resume, nproc=nproc,
+                               calibrate_each=calibrate_each,
                                max_memory=parse_size(max_memory) if max_memory else None)
         with RichReporter() as rep:
             results = run(r, opts, rep)

@@ -53,9 +53,11 @@ def quantize_summary(results) -> None:
         t.add_column(col)
     for r in results:
         tm = r.timings
+        src = (r.manifest.get("converted_from") or {}).get("format")
+        calib = f"from {src}" if src else f"{tm.get('calibrate', 0):.1f}s"
+        export = f"convert {tm['convert']:.1f}s" if "convert" in tm else f"{tm.get('export', 0):.1f}s"
         t.add_row(r.format, f"{r.fp4_modules}/{r.kept_modules}",
-                  f"{human_bytes(r.source_bytes)} -> {human_bytes(r.size_bytes)}",
-                  f"{tm.get('calibrate', 0):.1f}s", f"{tm.get('export', 0):.1f}s",
+                  f"{human_bytes(r.source_bytes)} -> {human_bytes(r.size_bytes)}", calib, export,
                   f"{sum(tm.values()):.1f}s", human_bytes(r.peak_rss_bytes))
     console.print(t)
     for r in results:

@@ -23,7 +23,7 @@ def register(app: typer.Typer) -> None:
         overwrite: Annotated[bool, typer.Option("--overwrite")] = False,
     ) -> int:
         """Produce the ModelOpt and the compressed-tensors NVFP4 checkpoints of one recipe (one load,
-        one calibration set, one plan), validate each against the BF16 source (served once, by the same
+        one calibration, one plan: the second format is converted from the first, same numbers), validate each against the BF16 source (served once, by the same
         engine), and write a comparison: size and bits/param, kept layers, verdicts, every check's value
         and margin (perplexity ratio, knowledge retained, long-generation drift), probe outputs side by
         side, time and peak memory of each step, with bar charts (comparison.html).

@@ -43,10 +43,44 @@ def quantize(recipe: Recipe, opts: QuantizeOptions, reporter: Reporter = SILENT)
     mode, pf = preflight(recipe, opts, formats, config, reporter)
     ctx = Context(recipe, opts, formats, backends, outs, base_out, local_checkpoint(m.source, m.revision), pf,
                   reporter, t0)
+    primary = calibrating_format(recipe, formats, opts)
+    if primary is None:
+        return _run_path(ctx, mode, config)
+    from quantkit.quantize.context import converted_variant
+
+    reporter.info(f"one calibration ({backends[primary].name}); {', '.join(f for f in formats if f != primary)} "
+                  "written from it by conversion (calibration.each: true calibrates every library)")
+    one = Context(recipe, opts, [primary], {primary: backends[primary]}, {primary: outs[primary]}, base_out,
+                  ctx.local, pf, reporter, t0, stable_scales=True)
+    first = _run_path(one, mode, config)[0]
+    ctx.plans = one.plans
+    return [first] + [converted_variant(ctx, first, f) for f in formats if f != primary]
+
+
+def calibrating_format(recipe: Recipe, formats: list[str], opts: QuantizeOptions) -> str | None:
+    """With several formats: the one whose library calibrates for all (the first, in registry
+    order, whose backend runs the recipe's algorithm here), or None when each library must
+    calibrate its own (calibration.each / --calibrate-each, different algorithms per backend,
+    FP8 mixed precision, which conversion does not carry)."""
+    c = recipe.calibration
+    if len(formats) < 2 or c.each or opts.calibrate_each:
+        return None
+    if recipe.mixed_precision is not None and recipe.mixed_precision.keep_as == "fp8":
+        return None
+    algos = {f: c.algorithm_for(backend_for_format(f)) for f in formats}
+    if len(set(algos.values())) > 1:
+        return None
+    from quantkit.backends import algorithms
+
+    here = {"any", "cuda"} if cuda() else {"any"}
+    return next((f for f in formats if algorithms(backend_for_format(f)).get(algos[f]) in here), None)
+
+
+def _run_path(ctx: Context, mode: str, config) -> list[VariantResult]:
     if mode == "layerwise":
         from quantkit.quantize.layerwise import quantize_layerwise
 
-        if recipe.mixed_precision is not None:
+        if ctx.recipe.mixed_precision is not None:
             raise UsageError("mixed_precision measures sensitivity on the whole model, which the layerwise mode "
                              "never loads", hint="use --mode full (with more memory), or drop mixed_precision")
         return quantize_layerwise(ctx, config)

@@ -7,19 +7,19 @@ from __future__ import annotations
 import resource
 import shutil
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
 
 from quantkit.backends import backend_for_format
-from quantkit.errors import UsageError
+from quantkit.errors import UsageError, VerificationError
 from quantkit.progress import Reporter
 from quantkit.quantize.options import QuantizeOptions, VariantResult
 from quantkit.recipe import Recipe
 
-__all__ = ["Context", "preflight", "plans_and_calibration", "finish_variant", "cuda"]
+__all__ = ["Context", "preflight", "plans_and_calibration", "finish_variant", "converted_variant", "cuda"]
 
 
 @dataclass
@@ -36,6 +36,8 @@ class Context:
     preflight: dict
     reporter: Reporter
     t0: float
+    stable_scales: bool = False  # per-tensor scales made reciprocal-stable (other formats convert from it)
+    plans: dict = field(default_factory=dict)  # format -> Plan, once planned
 
     def resolved_recipe(self) -> dict:
         resolved = self.recipe.model_dump(mode="json", by_alias=True, exclude_none=True)
@@ -111,6 +113,7 @@ def plans_and_calibration(ctx: Context, config: Any, tok: Any, model: Any = None
     calib.batch_size = c.resolved_batch_size(cuda())
     if len(calib.input_ids) < c.samples:
         rep.info(f"note: {c.dataset} has {len(calib.input_ids)} samples; {c.samples} were asked for")
+    ctx.plans = plans
     return plans, calib
 
 
@@ -126,6 +129,13 @@ def finish_variant(ctx: Context, tmp: Path, fmt: str, plan: Any, calib: Any, tok
     if (local / "generation_config.json").is_file() and not (tmp / "generation_config.json").is_file():
         shutil.copy2(local / "generation_config.json", tmp / "generation_config.json")
     (tmp / "quantkit-recipe.yaml").write_text(yaml.safe_dump(resolved, sort_keys=False))
+    if ctx.stable_scales:  # <= 1 ulp, so that the formats converted from this one serve identical numbers
+        from quantkit.convert import make_reciprocal_stable
+
+        with timed(timings, "stable_scales"):
+            moved = make_reciprocal_stable(tmp, fmt)
+        native = native_config if isinstance(native_config, dict) else {"native": native_config}
+        native_config = {**native, "reciprocal_stable_scales_moved": moved}
     reporter.stage(f"verify [{fmt}]")
     with timed(timings, "verify"):
         report = verify_checkpoint(tmp, plan, fmt, source=local)
@@ -173,3 +183,45 @@ def _gpu_stats() -> dict:
 
 def _dir_bytes(p: Path) -> int:
     return sum(f.stat().st_size for f in p.rglob("*.safetensors"))
+
+
+def converted_variant(ctx: Context, primary: VariantResult, fmt: str) -> VariantResult:
+    """Format `fmt` written from the calibrated `primary` checkpoint by conversion (same FP4 codes
+    and scales; quantkit.convert), verified against the plan and with its own manifest."""
+    import dataclasses
+
+    from quantkit.backends.base import timed
+    from quantkit.checkpoint.atomic import atomic_dir
+    from quantkit.checkpoint.formats import get_format
+    from quantkit.checkpoint.verify import verify_checkpoint
+    from quantkit.convert import convert_tensors, metadata_lists, write_metadata
+
+    src, dst = get_format(primary.format), get_format(fmt)
+    plan = dataclasses.replace(ctx.plans[primary.format], backend=backend_for_format(fmt))
+    ctx.reporter.stage(f"convert [{primary.format} -> {fmt}]", "same FP4 codes and scales, no second calibration")
+    t_start, timings = time.perf_counter(), {}
+    with atomic_dir(ctx.outs[fmt], overwrite=ctx.opts.overwrite) as tmp:
+        with timed(timings, "convert"):
+            modules, inexact = convert_tensors(primary.path, tmp, src, dst)
+            exact, patterns = metadata_lists(primary.path, src)
+            kept = [d.module.name for d in plan.kept if d.module.kind in ("linear", "experts") and d.precision == "bf16"]
+            used = {d.rule for d in plan.kept if d.rule}
+            write_metadata(primary.path, tmp, dst, list(dict.fromkeys(kept + exact)),
+                           patterns + [r.pattern for r in plan.rules if r.pattern.raw in used])
+        if inexact:
+            raise VerificationError(f"{inexact} per-tensor scales of {primary.format} would not convert exactly",
+                                    hint="a quantkit bug: the source was made reciprocal-stable; run with --debug and report it")
+        with timed(timings, "verify"):
+            report = verify_checkpoint(tmp, plan, fmt, source=ctx.local)
+        body = {**primary.manifest, "format": fmt, "verification": report.to_dict(),
+                "converted_from": {"format": primary.format, "content_hash": primary.manifest.get("content_hash")},
+                "conversion": {"nvfp4_linears": modules, "inexact_scales": inexact},
+                "run": {**primary.manifest.get("run", {}), "timings_s": timings,
+                        "wall_s": round(time.perf_counter() - t_start, 3)}}
+        for k in ("schema", "created", "versions", "files", "content_hash"):
+            body.pop(k, None)
+        from quantkit.checkpoint.manifest import write_manifest
+
+        manifest = write_manifest(tmp, body)
+        return VariantResult(fmt, primary.backend, ctx.outs[fmt], manifest, timings, _peak_rss(),
+                             report.fp4_modules, len(plan.kept), _dir_bytes(tmp), plan.source_bytes)

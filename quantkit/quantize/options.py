@@ -30,6 +30,7 @@ class QuantizeOptions:
     max_memory: int | None = None  # bytes; default: the memory available now
     resume: bool = False
     nproc: int = 1  # GPUs the model is placed across (accelerate device_map, ModelOpt backend)
+    calibrate_each: bool = False  # every format's library calibrates (else one does and the rest convert)
 
 
 @dataclass

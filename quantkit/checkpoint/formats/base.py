@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-__all__ = ["Format", "FormatInfo", "Tensors", "read_json", "add_entries"]
+__all__ = ["Format", "FormatInfo", "Tensors", "Nvfp4Linear", "read_json", "add_entries", "reciprocal"]
 
 
 @dataclass(frozen=True)
@@ -26,6 +26,46 @@ class Tensors:
 
     def all(self) -> tuple[str, ...]:
         return (self.codes, self.block_scale, self.global_scale, self.input_scale)
+
+
+@dataclass
+class Nvfp4Linear:
+    """One NVFP4 linear in the terms vLLM computes with after loading either format (0.32:
+    `weight_global_scale` multiplied in, `input_global_scale_inv` divided by): packed E2M1 codes,
+    FP8 block scales, `weight_scale` = amax_w / (6 * 448) and `input_scale_inv` = 6 * 448 / amax_x
+    (None: weight-only). A format's stored tensors map to and from these; where the mapping takes
+    a float32 reciprocal, `reciprocal_stable` values survive it exactly."""
+    codes: Any
+    block_scale: Any
+    weight_scale: Any
+    input_scale_inv: Any = None
+
+    def reciprocal_stable(self) -> "Nvfp4Linear":
+        """The same scales moved (by at most 1 ulp of float32) to values v with 1/(1/v) == v, so
+        that every format stores them exactly: float32 reciprocal is not an involution (1/(1/v)
+        differs from v for ~14% of values), but 1/(1/v) is a fixed point of it."""
+        inv = self.input_scale_inv
+        return Nvfp4Linear(self.codes, self.block_scale, reciprocal(reciprocal(self.weight_scale)),
+                           None if inv is None else reciprocal(reciprocal(inv)))
+
+    def same(self, other: "Nvfp4Linear") -> bool:
+        """Bit-identical in every tensor (what the engine computes with)."""
+        import torch
+
+        pairs = [(self.codes, other.codes), (self.block_scale.view(torch.uint8), other.block_scale.view(torch.uint8)),
+                 (self.weight_scale, other.weight_scale)]
+        if (self.input_scale_inv is None) != (other.input_scale_inv is None):
+            return False
+        if self.input_scale_inv is not None:
+            pairs.append((self.input_scale_inv, other.input_scale_inv))
+        return all(a.shape == b.shape and torch.equal(a, b) for a, b in pairs)
+
+
+def reciprocal(t):
+    """1/t in float32, as vLLM computes it at load (`1.0 / scale`)."""
+    import torch
+
+    return (1.0 / t.to(torch.float32)).to(torch.float32)
 
 
 @dataclass
@@ -89,6 +129,20 @@ class Format:
         raise NotImplementedError
 
     def serve_commands(self, repo: str) -> dict[str, str]:
+        raise NotImplementedError
+
+    def read_linear(self, parts: dict[str, Any]) -> Nvfp4Linear:
+        """A stored NVFP4 linear (leaf name -> tensor) in the engine's terms."""
+        raise NotImplementedError
+
+    def write_linear(self, lin: Nvfp4Linear) -> dict[str, Any]:
+        """The tensors (leaf name -> tensor) this format stores for `lin`."""
+        raise NotImplementedError
+
+    def quant_config(self, unquantized: list[str], patterns: list[Any], versions: dict[str, str]) -> tuple[dict, dict]:
+        """NVFP4 metadata declaring `unquantized` (exact module names) and `patterns` (quantkit
+        Patterns, translated to this format's syntax where it has one) unquantized:
+        (config.json's quantization_config, {file name: JSON body} of the other metadata files)."""
         raise NotImplementedError
 
     def publish_problem(self, ckpt: Path, info: FormatInfo) -> tuple[str, str] | None:

@@ -10,7 +10,7 @@ import json
 import re
 from pathlib import Path
 
-from quantkit.checkpoint.formats.base import Format, FormatInfo, Tensors, add_entries
+from quantkit.checkpoint.formats.base import Format, FormatInfo, Nvfp4Linear, Tensors, add_entries, reciprocal
 
 __all__ = ["COMPRESSED_TENSORS"]
 
@@ -83,6 +83,35 @@ class CompressedTensorsFormat(Format):
     def serve_commands(self, repo: str) -> dict[str, str]:
         # no quantization flag: vLLM auto-detects compressed-tensors, and passing one is a classic failure
         return {"vllm": f"vllm serve {repo}", "sglang": f"python -m sglang.launch_server --model-path {repo}"}
+
+    def read_linear(self, parts: dict) -> Nvfp4Linear:
+        # vLLM: weight_global_scale = 1 / stored; input_global_scale_inv = stored
+        return Nvfp4Linear(parts["weight_packed"], parts["weight_scale"], reciprocal(parts["weight_global_scale"]),
+                           parts.get("input_global_scale"))
+
+    def write_linear(self, lin: Nvfp4Linear) -> dict:
+        """The same arithmetic as compressed-tensors' own ModelOptNvfp4Converter (1 / x)."""
+        out = {"weight_packed": lin.codes, "weight_scale": lin.block_scale,
+               "weight_global_scale": reciprocal(lin.weight_scale)}
+        if lin.input_scale_inv is not None:
+            out["input_global_scale"] = lin.input_scale_inv
+        return out
+
+    def quant_config(self, unquantized: list[str], patterns: list, versions: dict) -> tuple[dict, dict]:
+        """llm-compressor's layout, built with compressed-tensors' own classes: NVFP4 for every
+        Linear, `ignore` = the exact names plus every pattern as a `re:` entry (engines that fuse
+        modules then match the fused name too, vLLM issue 40252)."""
+        from compressed_tensors.quantization import QuantizationConfig, preset_name_to_scheme
+
+        from quantkit.patterns import to_llmcompressor_ignore
+
+        scheme = preset_name_to_scheme("NVFP4", ["Linear"])
+        scheme.format = "nvfp4-pack-quantized"
+        ignore = list(dict.fromkeys(list(unquantized) + to_llmcompressor_ignore(list(patterns))))
+        qc = QuantizationConfig(config_groups={"group_0": scheme}, ignore=ignore, format="nvfp4-pack-quantized",
+                                quantization_status="compressed").model_dump(mode="json")
+        qc["version"] = versions.get("compressed-tensors")
+        return qc, {}
 
     def publish_problem(self, ckpt: Path, info: FormatInfo) -> tuple[str, str] | None:
         if info.ct_format != "nvfp4-pack-quantized":

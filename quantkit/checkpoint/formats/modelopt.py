@@ -10,7 +10,7 @@ import json
 import re
 from pathlib import Path
 
-from quantkit.checkpoint.formats.base import Format, FormatInfo, Tensors, add_entries
+from quantkit.checkpoint.formats.base import Format, FormatInfo, Nvfp4Linear, Tensors, add_entries, reciprocal
 
 __all__ = ["MODELOPT"]
 
@@ -86,6 +86,31 @@ class ModelOptFormat(Format):
     def serve_commands(self, repo: str) -> dict[str, str]:
         return {"vllm": f"vllm serve {repo} --quantization modelopt",
                 "sglang": f"python -m sglang.launch_server --model-path {repo} --quantization modelopt_fp4"}
+
+    def read_linear(self, parts: dict) -> Nvfp4Linear:
+        inp = parts.get("input_scale")
+        return Nvfp4Linear(parts["weight"], parts["weight_scale"], parts["weight_scale_2"],
+                           None if inp is None else reciprocal(inp))  # vLLM: input_global_scale_inv = 1 / input_scale
+
+    def write_linear(self, lin: Nvfp4Linear) -> dict:
+        out = {"weight": lin.codes, "weight_scale": lin.block_scale, "weight_scale_2": lin.weight_scale}
+        if lin.input_scale_inv is not None:
+            out["input_scale"] = reciprocal(lin.input_scale_inv)
+        return out
+
+    def quant_config(self, unquantized: list[str], patterns: list, versions: dict) -> tuple[dict, dict]:
+        """ModelOpt's export layout; wildcard patterns become fnmatch entries (ModelOpt's syntax),
+        regexes have no equivalent and are covered by the exact names."""
+        globs = [p.raw for p in patterns if not p.raw.startswith("re:")]
+        exclude = list(dict.fromkeys(list(unquantized) + globs))
+        producer = {"name": "quantkit", "version": versions.get("quantkit")}
+        hf = {"producer": producer, "quantization": {"quant_algo": "NVFP4", "kv_cache_quant_algo": None,
+                                                     "group_size": 16, "exclude_modules": exclude}}
+        group = {"input_activations": {"dynamic": False, "num_bits": 4, "type": "float", "group_size": 16},
+                 "weights": {"dynamic": False, "num_bits": 4, "type": "float", "group_size": 16}, "targets": ["Linear"]}
+        qc = {"config_groups": {"group_0": group}, "ignore": exclude, "quant_algo": "NVFP4", "producer": producer,
+              "quant_method": "modelopt"}
+        return qc, {"hf_quant_config.json": hf}
 
     def publish_problem(self, ckpt: Path, info: FormatInfo) -> tuple[str, str] | None:
         if not (ckpt / "hf_quant_config.json").is_file() or info.config_quant.get("quant_method") != "modelopt":
