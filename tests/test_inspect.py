@@ -430,3 +430,38 @@ def test_cli_help_has_examples(capsys):
     assert main(["inspect", "--help"]) == 0
     out = capsys.readouterr().out
     assert "Examples" in out and "--deep" in out and "--fail-on" in out
+
+
+def test_tp_split_finds_modules_that_cannot_shard(tmp_path):
+    """`inspect --tp N`: a row-parallel FP4 weight with 1856 inputs shards into 4 ranks (464 = 29 x 16)
+    but not 8 (232 per rank: the Nemotron-3-Nano TP8 case); column-parallel rows must divide."""
+    import torch
+    from safetensors.torch import save_file
+
+    from quantkit.checkpoint.formats import get_format, stored_modules
+    from quantkit.checkpoint.headers import checkpoint_tensors
+    from quantkit.inspect.tp import tp_findings
+
+    mo = get_format("modelopt")
+
+    def fp4(rows, cols):
+        return {"weight": torch.zeros(rows, cols // 2, dtype=torch.uint8),
+                "weight_scale": torch.ones(rows, cols // 16).to(torch.float8_e4m3fn),
+                "weight_scale_2": torch.ones(()), "input_scale": torch.ones(())}
+
+    tensors = {}
+    for name, (rows, cols) in {"model.layers.0.mixer.out_proj": (64, 1856),
+                               "model.layers.0.mixer.in_proj": (3712, 64),
+                               "model.layers.0.mlp.up_proj": (100, 64)}.items():
+        tensors.update({f"{name}.{k}": v for k, v in fp4(rows, cols).items()})
+    save_file(tensors, str(tmp_path / "model.safetensors"))
+    info = checkpoint_tensors(tmp_path)
+    mods = stored_modules(info)
+    assert mo.name == "modelopt" and all(m.precision == "fp4" for m in mods.values())
+    assert tp_findings(mods, info, 1) == []
+    assert tp_findings(mods, info, 4) == []  # 464 inputs per rank, 928 and 25 rows
+    eight = tp_findings(mods, info, 8)
+    assert [f.code for f in eight] == ["tp-split"] and eight[0].severity == "error"
+    assert eight[0].modules == ["model.layers.0.mixer.out_proj", "model.layers.0.mlp.up_proj"]
+    assert "232 input values per rank" in eight[0].message
+    assert len(tp_findings(mods, info, 3)[0].modules) == 3

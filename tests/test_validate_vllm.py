@@ -75,6 +75,9 @@ def test_smollm2_variants_pass_in_real_vllm(tmp_path, smollm2_quantized, smollm2
     assert by["compressed-tensors"]["logscan"]["facts"]["quantization"] == ["compressed-tensors"]
     assert (tmp_path / "rep" / "validation.md").read_text().count("**PASS**") == 3
     assert not _engine_processes(str(ct.parent)), "engine processes left behind"
+    # --format both calibrated once: two loaders, the same numbers
+    assert by["modelopt"]["perplexity"]["perplexity"] == by["compressed-tensors"]["perplexity"]["perplexity"]
+    assert by["modelopt"]["knowledge"]["items"] == by["compressed-tensors"]["knowledge"]["items"]
 
     # reproducible: the same checkpoint and engine give the same numbers, to the last digit
     again = tmp_path / "again"

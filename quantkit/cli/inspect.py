@@ -102,6 +102,8 @@ def register(app: typer.Typer) -> None:
                                                         show_default=False)] = None,
         context: Annotated[Optional[int], typer.Option("--context", min=1, help="tokens of KV cache to fit "
                            "(default: min(max_position_embeddings, 32768))", show_default=False)] = None,
+        tp: Annotated[int, typer.Option("--tp", min=1, help="tensor-parallel size to check: every FP4 module "
+                      "must shard into whole NVFP4 groups (16 values) per rank")] = 1,
     ) -> None:
         """Lint an NVFP4 checkpoint without reading its weights: format and producer, the precision
         of every linear, exclusions against the family preset and against the names vLLM builds,
@@ -119,10 +121,12 @@ def register(app: typer.Typer) -> None:
           quantkit inspect out/x --json | jq .findings
 
           quantkit inspect out/x --deep --fail-on warning
+
+          quantkit inspect nvidia/Some-Model-NVFP4 --tp 8
         """
         from quantkit.inspect import inspect_checkpoint
 
-        report = inspect_checkpoint(source, deep=deep, revision=revision, context=context)
+        report = inspect_checkpoint(source, deep=deep, revision=revision, context=context, tp=tp)
         if as_json:
             print(json.dumps(report.to_dict(), indent=2))
         else:

@@ -25,6 +25,7 @@ from quantkit.inspect.load import config_view, load_checkpoint, looks_like_hub_i
 from quantkit.inspect.names import Declared, FamilyCover
 from quantkit.inspect.precision import outside_modules, precision_map, tensor_format
 from quantkit.inspect.report import CATALOGUE, SEVERITIES, Finding, InspectReport
+from quantkit.inspect.tp import tp_findings
 
 __all__ = ["inspect_checkpoint", "InspectReport", "Finding", "CATALOGUE", "SEVERITIES", "MACHINES", "Machine"]
 
@@ -47,14 +48,15 @@ def _no_cyclic_gc():
 
 
 def inspect_checkpoint(path_or_id: str, deep: bool = False, *, revision: str | None = None,
-                       context: int | None = None) -> InspectReport:
-    """Inspect a checkpoint directory or Hub id. Reads headers and metadata only unless `deep`.
+                       context: int | None = None, tp: int = 1) -> InspectReport:
+    """Inspect a checkpoint directory or Hub id. Reads headers and metadata only unless `deep`;
+    `tp` > 1 also checks that every FP4 module shards at that tensor-parallel size.
     Raises ModelSourceError when the source is missing or not a safetensors checkpoint."""
     with _no_cyclic_gc():
-        return _inspect(str(path_or_id), deep, revision, context)
+        return _inspect(str(path_or_id), deep, revision, context, tp)
 
 
-def _inspect(path_or_id: str, deep: bool, revision: str | None, context: int | None) -> InspectReport:
+def _inspect(path_or_id: str, deep: bool, revision: str | None, context: int | None, tp: int = 1) -> InspectReport:
     t0 = time.perf_counter()
     if deep and looks_like_hub_id(path_or_id):
         raise ModelSourceError("--deep reads tensor bytes, which needs the checkpoint on disk",
@@ -80,6 +82,7 @@ def _inspect(path_or_id: str, deep: bool, revision: str | None, context: int | N
         findings += checks.kv_findings(info, modules, ckpt.tensors)
         findings += engine_findings(fused, declared)
         findings += checks.unmatched_findings(info, modules, set(fused), declared)
+        findings += tp_findings(modules, ckpt.tensors, tp)
     read = 0
     if deep:
         from quantkit.inspect.deep import deep_findings

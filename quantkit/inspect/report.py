@@ -46,6 +46,14 @@ CATALOGUE: dict[str, tuple[str, str, str, str]] = {
         "fail to load (`different quantization schemes`) or load wrongly",
         "quantize or exclude all parts of a fused module together",
         "vLLM compressed_tensors/utils.py should_ignore_layer; packed_modules_mapping"),
+    "tp-split": (
+        "error",
+        "with `--tensor-parallel-size N` the engine shards every linear across N ranks: a row-parallel "
+        "NVFP4 weight whose per-rank input width is not a multiple of 16 splits an FP8 block scale's "
+        "group between two ranks, and a width or row count that does not divide by N cannot be sharded: "
+        "the engine refuses to load at that TP size",
+        "serve at a TP size that divides every shape (inspect --tp), or keep those modules BF16",
+        "vLLM fix for Nemotron-3-Nano NVFP4 at TP8 (232 values per rank)"),
     "missing-input-scale": (
         "error",
         "NVFP4 W4A4 needs the per-tensor activation scale (`input_scale` / `input_global_scale`); "
