@@ -83,8 +83,10 @@ def test_layerwise_both_formats_match_full(tmp_path):
     (the layerwise run feeds every layer BF16 inputs, as ModelOpt's max calibration does)."""
     r = resolve_recipe(str(_recipe(tmp_path, "llama", num_hidden_layers=3)))
     both = ["modelopt", "compressed-tensors"]
-    full = {x.format: x.path for x in quantize(r, QuantizeOptions(formats=both, out=tmp_path / "full", mode="full"))}
-    lw = {x.format: x.path for x in quantize(r, QuantizeOptions(formats=both, out=tmp_path / "lw", mode="layerwise"))}
+    full = {x.format: x.path for x in quantize(r, QuantizeOptions(formats=both, out=tmp_path / "full", mode="full",
+                                                                  calibrate_each=True))}
+    lw = {x.format: x.path for x in quantize(r, QuantizeOptions(formats=both, out=tmp_path / "lw", mode="layerwise",
+                                                                calibrate_each=True))}
     for fmt in both:
         a, b = _tensors(full[fmt]), _tensors(lw[fmt])
         assert set(a) == set(b), fmt

@@ -144,3 +144,20 @@ def test_convert_round_trip_on_hybrids(hybrids, kind, tmp_path):
     for m in stored_modules(checkpoint_tensors(tmp_path / "ct")).values():
         if m.precision != "fp4" and m.ndim == 2 and "embed" not in m.name:
             assert declared_unquantized(info, m.name), m.name
+
+
+@pytest.mark.parametrize("kind", ["qwen3_next", "nemotron_h"])
+def test_llmcompressor_on_hybrids_keeps_the_preset(hybrids, kind, tmp_path):
+    """--backend llmcompressor: llm-compressor itself calibrates and writes compressed-tensors (no
+    conversion); the same layers stay BF16 as in the converted variant, and verification passed."""
+    import json
+
+    src = hybrids[kind]["src"]
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(f"name: t\nmodel:\n  source: {src}\ncalibration:\n  samples: 4\n  seq_len: 64\n")
+    (res,) = quantize(resolve_recipe(str(recipe)), QuantizeOptions(backend="llmcompressor", out=tmp_path / "q"))
+    assert res.format == "compressed-tensors" and res.backend == "llmcompressor"
+    assert "converted_from" not in json.loads((res.path / "quantkit.json").read_text())
+    mine = {m.name: m.precision for m in stored_modules(checkpoint_tensors(res.path)).values()}
+    conv = {m.name: m.precision for m in stored_modules(checkpoint_tensors(hybrids[kind]["compressed-tensors"])).values()}
+    assert {n: p for n, p in mine.items() if p != "fp4"} == {n: p for n, p in conv.items() if p != "fp4" and n in mine}

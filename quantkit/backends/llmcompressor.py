@@ -85,14 +85,20 @@ class LLMCompressorBackend:
         ds = Dataset.from_dict({"input_ids": calib.input_ids,
                                 "attention_mask": [[1] * len(x) for x in calib.input_ids]})
         timings: dict[str, float] = {}
+        # batched calibration forwards (the calibration's batch size: 1 on CPU, up to 64k tokens per
+        # forward on a GPU), only when the samples have one length: llm-compressor's collator would
+        # otherwise truncate each batch to its shortest sample and calibrate on fewer tokens
+        equal = len({len(x) for x in calib.input_ids}) == 1
+        batch = getattr(calib, "batch_size", 1) if equal else 1
         with timed(timings, "calibrate"):
-            oneshot(model=model, processor=tokenizer, dataset=ds, recipe=recipe,
+            oneshot(model=model, processor=tokenizer, dataset=ds, recipe=recipe, batch_size=batch,
                     num_calibration_samples=len(calib.input_ids), max_seq_length=calib.seq_len)
         with timed(timings, "export"):
             model.save_pretrained(out_dir, save_compressed=True)
             _append_regex_ignores(out_dir / "config.json", [e for e in ignore if e.startswith("re:")])
         return BackendResult(self.format, timings,
                              native_config={"ignore": ignore, "scheme": _SCHEMES[scheme], "algorithm": algorithm,
+                                            "batch_size": batch,
                                             **({"fp8_modules": plan.fp8_names()} if plan.fp8 else {})})
 
 

@@ -12,7 +12,9 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from quantkit.backends import backend_for_format, check_algorithm, get_backend
+from dataclasses import replace
+
+from quantkit.backends import backend_for_format, check_algorithm, formats_of_backend, get_backend
 from quantkit.checkpoint.formats import get_format
 from quantkit.errors import UsageError
 from quantkit.progress import SILENT, Reporter
@@ -31,49 +33,75 @@ def quantize(recipe: Recipe, opts: QuantizeOptions, reporter: Reporter = SILENT)
     recipe = apply_options(recipe, opts)
     formats = resolve_formats(recipe, opts)
     check_nproc(opts, formats)
-    backends = {f: get_backend(backend_for_format(f)) for f in formats}
-    for b in backends.values():
-        b.check_available()
-        check_algorithm(b.name, recipe.calibration.algorithm_for(b.name), cuda())
+    primary = calibrating_format(recipe, formats, opts)
+    calibrated = [primary] if primary else formats
+    backends = {f: get_backend(backend_for_format(f)) for f in dict.fromkeys(calibrated + formats)}
+    for f in calibrated:
+        backends[f].check_available()
+        check_algorithm(backends[f].name, recipe.calibration.algorithm_for(backends[f].name), cuda())
     base_out, outs = _outputs(recipe, opts, formats)
     t0 = time.perf_counter()
     reporter.stage("resolve", recipe.model.source)
     m = recipe.model
     config = load_config(m.source, m.revision, m.trust_remote_code)
-    mode, pf = preflight(recipe, opts, formats, config, reporter)
+    mode, pf = preflight(recipe, opts, calibrated, config, reporter)
     ctx = Context(recipe, opts, formats, backends, outs, base_out, local_checkpoint(m.source, m.revision), pf,
                   reporter, t0)
-    primary = calibrating_format(recipe, formats, opts)
     if primary is None:
         return _run_path(ctx, mode, config)
+    return _calibrate_once(ctx, primary, mode, config)
+
+
+def _calibrate_once(ctx: Context, primary: str, mode: str, config) -> list[VariantResult]:
+    """`primary`'s library calibrates (into its output, or a hidden temporary one when that format
+    was not asked for); every other format is converted from it."""
+    import shutil
+
     from quantkit.quantize.context import converted_variant
 
-    reporter.info(f"one calibration ({backends[primary].name}); {', '.join(f for f in formats if f != primary)} "
-                  "written from it by conversion (calibration.each: true calibrates every library)")
-    one = Context(recipe, opts, [primary], {primary: backends[primary]}, {primary: outs[primary]}, base_out,
-                  ctx.local, pf, reporter, t0, stable_scales=True)
-    first = _run_path(one, mode, config)[0]
-    ctx.plans = one.plans
-    return [first] + [converted_variant(ctx, first, f) for f in formats if f != primary]
+    others = [f for f in ctx.formats if f != primary]
+    ctx.reporter.info(f"one calibration ({ctx.backends[primary].name}); {', '.join(others)} written from it by "
+                      "conversion (--calibrate-each: every library calibrates its own)")
+    out = ctx.outs.get(primary) or ctx.base_out.parent / f".{ctx.base_out.name}.calibrated-{get_format(primary).dir_name}"
+    one = Context(ctx.recipe, ctx.opts, [primary], {primary: ctx.backends[primary]}, {primary: out}, ctx.base_out,
+                  ctx.local, ctx.preflight, ctx.reporter, ctx.t0, stable_scales=True)
+    if primary not in ctx.outs:
+        one.opts = replace(ctx.opts, overwrite=True)  # our own hidden directory, left by a crashed run at most
+    try:
+        first = _run_path(one, mode, config)[0]
+        ctx.plans = one.plans
+        converted = [converted_variant(ctx, first, f) for f in others]
+    finally:
+        if primary not in ctx.outs:
+            shutil.rmtree(out, ignore_errors=True)
+    return ([first] if primary in ctx.outs else []) + converted
 
 
 def calibrating_format(recipe: Recipe, formats: list[str], opts: QuantizeOptions) -> str | None:
-    """With several formats: the one whose library calibrates for all (the first, in registry
-    order, whose backend runs the recipe's algorithm here), or None when each library must
-    calibrate its own (calibration.each / --calibrate-each, different algorithms per backend,
-    FP8 mixed precision, which conversion does not carry)."""
+    """The format whose library calibrates once for all the requested formats, the others being
+    converted from it; None when each requested format's own library calibrates.
+
+    Preferred: the default backend's format (ModelOpt, the fast calibrator), also when only
+    compressed-tensors is asked for. None when: a backend is named (--backend, recipe `backend`)
+    for a single format, calibration.each / --calibrate-each, the requested formats' libraries
+    are given different algorithms, no library runs the algorithm here but the format's own, or
+    FP8 mixed precision (conversion carries NVFP4 and BF16 only)."""
+    from quantkit.backends import DEFAULT_BACKEND, algorithms
+
     c = recipe.calibration
-    if len(formats) < 2 or c.each or opts.calibrate_each:
+    if c.each or opts.calibrate_each or (len(formats) == 1 and (opts.backend or recipe.backend)):
         return None
     if recipe.mixed_precision is not None and recipe.mixed_precision.keep_as == "fp8":
         return None
-    algos = {f: c.algorithm_for(backend_for_format(f)) for f in formats}
-    if len(set(algos.values())) > 1:
+    wanted = {c.algorithm_for(backend_for_format(f)) for f in formats}
+    if len(wanted) > 1:
         return None
-    from quantkit.backends import algorithms
-
+    algo = wanted.pop()
     here = {"any", "cuda"} if cuda() else {"any"}
-    return next((f for f in formats if algorithms(backend_for_format(f)).get(algos[f]) in here), None)
+    order = list(dict.fromkeys(formats_of_backend(DEFAULT_BACKEND) + formats))
+    primary = next((f for f in order if c.algorithm_for(backend_for_format(f)) == algo
+                    and algorithms(backend_for_format(f)).get(algo) in here), None)
+    return None if primary is None or formats == [primary] else primary
 
 
 def _run_path(ctx: Context, mode: str, config) -> list[VariantResult]:
