@@ -81,63 +81,76 @@ def _refuse_lossy(ckpt: Path, src: Format) -> None:
 def convert_tensors(src_dir: Path, dst_dir: Path, src: Format, dst: Format, stable: bool = False,
                     reporter: Reporter = SILENT) -> tuple[int, int]:
     """Rewrite every safetensors shard of `src_dir` into `dst_dir` (may be the same directory),
-    NVFP4 linears mapped from `src`'s naming to `dst`'s, everything else copied. `stable`: move
-    per-tensor scales to reciprocal-stable values first. Returns (linears, scales changed): with
-    `stable` the linears whose scales moved, else those that `dst` cannot store exactly."""
-    from safetensors import safe_open
-    from safetensors.torch import save_file
+    NVFP4 linears renamed from `src`'s naming to `dst`'s and their per-tensor scales mapped,
+    everything else kept. Only the scales pass through Python (a few bytes per linear); the rest
+    is one range copy per shard (`headers.rewrite_file`), or nothing at all when the names stay
+    (`headers.patch_values`, in place). `stable`: move the scales to reciprocal-stable values
+    first. Returns (linears, scales changed): with `stable` the linears whose scales moved, else
+    those whose scales `dst` cannot store exactly."""
+    from quantkit.checkpoint.headers import patch_values, read_header, rewrite_file, weight_files
 
-    files = sorted({t.file for t in checkpoint_tensors(src_dir).values()})
-    modules = inexact = 0
+    files = [f.name for f in weight_files(src_dir)]
+    modules = changed = 0
     weight_map: dict[str, str] = {}
     for k, fname in enumerate(files):
-        with safe_open(str(src_dir / fname), "pt") as f:
-            tensors = {n: f.get_tensor(n) for n in f.keys()}
-            meta = f.metadata() or {}
-        out, n_mod, n_inexact = _convert_shard(tensors, src, dst, stable)
-        modules, inexact = modules + n_mod, inexact + n_inexact
-        tmp = dst_dir / f".{fname}.tmp"
-        save_file(out, str(tmp), metadata={**meta, "format": "pt"})
-        os.replace(tmp, dst_dir / fname)
-        weight_map.update({n: fname for n in out})
+        tensors, _ = read_header(src_dir / fname)
+        names, shapes, values, n_mod, n_changed = _shard_plan(src_dir / fname, tensors, src, dst, stable)
+        modules, changed = modules + n_mod, changed + n_changed
+        if src_dir == dst_dir and not any(o != n for o, n in names.items()):
+            patch_values(dst_dir / fname, values)
+        else:
+            rewrite_file(src_dir / fname, dst_dir / fname, names, shapes, values, {"format": "pt"})
+        weight_map.update({names.get(n, n): fname for n in tensors})
         reporter.advance("shards", k + 1, len(files))
     if len(files) > 1 or (src_dir / "model.safetensors.index.json").is_file():
         index = {"metadata": {"total_size": sum((dst_dir / f).stat().st_size for f in files)},
                  "weight_map": dict(sorted(weight_map.items()))}
         (dst_dir / "model.safetensors.index.json").write_text(json.dumps(index, indent=2) + "\n")
-    return modules, inexact
+    return modules, changed
 
 
-def _convert_shard(tensors: dict, src: Format, dst: Format, stable: bool) -> tuple[dict, int, int]:
+def _shard_plan(path: Path, tensors: dict, src: Format, dst: Format, stable: bool):
+    """(renames, new shapes, new scale bytes, linears, scales changed) for one shard: the NVFP4
+    linears' scale tensors are read (4 bytes each) and mapped through the formats."""
+    from safetensors import safe_open
+
     by_mod: dict[str, dict[str, Any]] = {}
     for name, t in tensors.items():
         mod, _, leaf = name.rpartition(".")
         by_mod.setdefault(mod, {})[leaf] = t
-    out: dict[str, Any] = {}
-    modules = inexact = 0
-    for mod, parts in by_mod.items():
-        if not _is_nvfp4(parts, src):
-            out.update({f"{mod}.{leaf}": t for leaf, t in parts.items()})
-            continue
-        lin = src.read_linear(parts)
-        if stable:
-            lin, before = lin.reciprocal_stable(), lin
-            inexact += int(not lin.same(before))
-        written = dst.write_linear(lin)
-        if not stable:
-            inexact += int(not dst.read_linear(written).same(lin))
-        rest = {leaf: t for leaf, t in parts.items() if leaf not in src.tensors.all()}
-        out.update({f"{mod}.{leaf}": t.contiguous() for leaf, t in {**rest, **written}.items()})
-        modules += 1
-    return out, modules, inexact
+    names, shapes, values = {}, {}, {}
+    modules = changed = 0
+    role_src, role_dst = src.tensors.roles(), dst.tensors.roles()
+    scale_roles = ("global_scale", "input_scale")
+    with safe_open(str(path), "pt") as f:
+        for mod, parts in by_mod.items():
+            if not _is_nvfp4(parts, src):
+                continue
+            stored = {role_src[r]: f.get_tensor(f"{mod}.{role_src[r]}") for r in scale_roles if role_src[r] in parts}
+            lin = src.read_linear({**{leaf: None for leaf in src.tensors.all()}, **stored})
+            if stable:
+                lin, before = lin.reciprocal_stable(), lin
+                changed += int(not lin.same_scales(before))
+            written = dst.write_linear(lin)
+            if not stable:
+                changed += int(not dst.read_linear(written).same_scales(lin))
+            for r, leaf in role_src.items():
+                if leaf not in parts:
+                    continue
+                new = f"{mod}.{role_dst[r]}"
+                names[f"{mod}.{leaf}"] = new
+                if r in scale_roles:
+                    shapes[new] = tuple(written[role_dst[r]].shape)
+                    values[new] = written[role_dst[r]].contiguous().numpy().tobytes()
+            modules += 1
+    return names, shapes, values, modules, changed
 
 
 def _is_nvfp4(parts: dict, f: Format) -> bool:
-    import torch
-
+    """A module stored as NVFP4 in `f`'s naming (from header dtypes)."""
     codes, scale = parts.get(f.tensors.codes), parts.get(f.tensors.block_scale)
-    return (codes is not None and codes.dtype == torch.uint8 and scale is not None
-            and scale.dtype == torch.float8_e4m3fn and f.tensors.global_scale in parts)
+    return (codes is not None and codes.dtype == "U8" and scale is not None and scale.dtype == "F8_E4M3"
+            and f.tensors.global_scale in parts)
 
 
 def make_reciprocal_stable(ckpt: Path, fmt: str) -> int:

@@ -23,9 +23,14 @@ class Tensors:
     global_scale: str  # FP32 per-tensor weight scale
     input_scale: str  # FP32 per-tensor activation scale
     global_scale_divides: bool  # w = e2m1 * block_scale / global (True) or * global (False)
+    scale_shape: tuple[int, ...] = ()  # shape of the per-tensor scales as the format's writer stores them
 
     def all(self) -> tuple[str, ...]:
         return (self.codes, self.block_scale, self.global_scale, self.input_scale)
+
+    def roles(self) -> dict[str, str]:
+        return {"codes": self.codes, "block_scale": self.block_scale, "global_scale": self.global_scale,
+                "input_scale": self.input_scale}
 
 
 @dataclass
@@ -48,17 +53,22 @@ class Nvfp4Linear:
         return Nvfp4Linear(self.codes, self.block_scale, reciprocal(reciprocal(self.weight_scale)),
                            None if inv is None else reciprocal(reciprocal(inv)))
 
-    def same(self, other: "Nvfp4Linear") -> bool:
-        """Bit-identical in every tensor (what the engine computes with)."""
+    def same_scales(self, other: "Nvfp4Linear") -> bool:
+        """The per-tensor scales bit-identical (what a conversion can change)."""
         import torch
 
-        pairs = [(self.codes, other.codes), (self.block_scale.view(torch.uint8), other.block_scale.view(torch.uint8)),
-                 (self.weight_scale, other.weight_scale)]
         if (self.input_scale_inv is None) != (other.input_scale_inv is None):
             return False
-        if self.input_scale_inv is not None:
-            pairs.append((self.input_scale_inv, other.input_scale_inv))
-        return all(a.shape == b.shape and torch.equal(a, b) for a, b in pairs)
+        pairs = [(self.weight_scale, other.weight_scale)] + (
+            [(self.input_scale_inv, other.input_scale_inv)] if self.input_scale_inv is not None else [])
+        return all(torch.equal(a.reshape(-1), b.reshape(-1)) for a, b in pairs)
+
+    def same(self, other: "Nvfp4Linear") -> bool:
+        """Bit-identical in every value the engine computes with (a scale stored as [] or [1] alike)."""
+        import torch
+
+        pairs = [(self.codes, other.codes), (self.block_scale.view(torch.uint8), other.block_scale.view(torch.uint8))]
+        return all(a.shape == b.shape and torch.equal(a, b) for a, b in pairs) and self.same_scales(other)
 
 
 def reciprocal(t):

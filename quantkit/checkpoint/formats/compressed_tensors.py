@@ -10,6 +10,7 @@ import json
 import re
 from pathlib import Path
 
+
 from quantkit.checkpoint.formats.base import Format, FormatInfo, Nvfp4Linear, Tensors, add_entries, reciprocal
 
 __all__ = ["COMPRESSED_TENSORS"]
@@ -45,7 +46,7 @@ class CompressedTensorsFormat(Format):
     nvfp4_kind = "compressed-tensors-nvfp4"
     kinds = ("compressed-tensors-nvfp4", "compressed-tensors-fp8")
     tensors = Tensors("weight_packed", "weight_scale", "weight_global_scale", "input_global_scale",
-                      global_scale_divides=True)
+                      global_scale_divides=True, scale_shape=(1,))
 
     def detect(self, config: dict, hf_quant_config: dict | None) -> FormatInfo | None:
         qc = config.get("quantization_config") or {}
@@ -91,10 +92,12 @@ class CompressedTensorsFormat(Format):
 
     def write_linear(self, lin: Nvfp4Linear) -> dict:
         """The same arithmetic as compressed-tensors' own ModelOptNvfp4Converter (1 / x)."""
+        import torch
+
         out = {"weight_packed": lin.codes, "weight_scale": lin.block_scale,
-               "weight_global_scale": reciprocal(lin.weight_scale)}
+               "weight_global_scale": reciprocal(lin.weight_scale).reshape(1)}
         if lin.input_scale_inv is not None:
-            out["input_global_scale"] = lin.input_scale_inv
+            out["input_global_scale"] = lin.input_scale_inv.to(torch.float32).reshape(1)
         return out
 
     def quant_config(self, unquantized: list[str], patterns: list, versions: dict) -> tuple[dict, dict]:

@@ -10,6 +10,7 @@ import json
 import re
 from pathlib import Path
 
+
 from quantkit.checkpoint.formats.base import Format, FormatInfo, Nvfp4Linear, Tensors, add_entries, reciprocal
 
 __all__ = ["MODELOPT"]
@@ -93,9 +94,12 @@ class ModelOptFormat(Format):
                            None if inp is None else reciprocal(inp))  # vLLM: input_global_scale_inv = 1 / input_scale
 
     def write_linear(self, lin: Nvfp4Linear) -> dict:
-        out = {"weight": lin.codes, "weight_scale": lin.block_scale, "weight_scale_2": lin.weight_scale}
+        import torch
+
+        out = {"weight": lin.codes, "weight_scale": lin.block_scale,
+               "weight_scale_2": lin.weight_scale.to(torch.float32).reshape(())}
         if lin.input_scale_inv is not None:
-            out["input_scale"] = reciprocal(lin.input_scale_inv)
+            out["input_scale"] = reciprocal(lin.input_scale_inv).reshape(())
         return out
 
     def quant_config(self, unquantized: list[str], patterns: list, versions: dict) -> tuple[dict, dict]:

@@ -1,0 +1,163 @@
+#!/usr/bin/env python
+"""Both formats from one calibration (issue 13): wall time of `quantkit quantize` for
+--format modelopt, --format compressed-tensors (ModelOpt calibrates, converted), --format both
+(one calibration + conversion), --format both --calibrate-each (both libraries), and the raw
+llm-compressor `oneshot` on the same model and tokens; one process each. Prints ratios; writes JSON
+to $OUT/bench_formats-<model>.json (device) or bench/formats-<model>.json (here).
+
+  python scripts/bench_formats.py --model smollm2 --samples 32 --seq-len 256      # CPU, embedded SmolLM2-135M
+  python scripts/bench_formats.py --model dense --samples 256 --seq-len 1024      # GPU: random 7.2B Llama
+  python scripts/bench_formats.py --model moe --samples 64 --seq-len 1024         # GPU: Qwen3-Next shape, 4 of 48 layers
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(REPO), str(REPO / "scripts"), str(REPO / "tests")]
+
+RAW_LLMC = r'''
+import json, sys, time, torch
+from datasets import Dataset
+from transformers import AutoModelForCausalLM, AutoTokenizer
+from llmcompressor import oneshot
+from llmcompressor.modifiers.quantization import QuantizationModifier
+src, out, ids_file, ignore = sys.argv[1], sys.argv[2], sys.argv[3], json.loads(sys.argv[4])
+t0 = time.perf_counter()
+dev = "cuda" if torch.cuda.is_available() else "cpu"
+model = AutoModelForCausalLM.from_pretrained(src, dtype=torch.bfloat16).to(dev)
+tok = AutoTokenizer.from_pretrained(src)
+ids = json.load(open(ids_file))
+ds = Dataset.from_dict({"input_ids": ids, "attention_mask": [[1] * len(x) for x in ids]})
+t1 = time.perf_counter()
+oneshot(model=model, processor=tok, dataset=ds, num_calibration_samples=len(ids), max_seq_length=max(map(len, ids)),
+        recipe=[QuantizationModifier(targets="Linear", scheme="NVFP4", ignore=ignore)])
+t2 = time.perf_counter()
+model.save_pretrained(out, save_compressed=True)
+print(json.dumps({"load": t1 - t0, "calibrate": t2 - t1, "export": time.perf_counter() - t2}))
+'''
+IGNORE = {"smollm2": ["lm_head"], "dense": ["lm_head"], "tiny": ["lm_head"],
+          "moe": ["lm_head", "re:.*linear_attn.*", "re:.*mlp\\.gate$", "re:.*shared_expert_gate$"]}
+
+
+def _source(kind: str, tmp: Path) -> Path:
+    if kind == "smollm2":
+        from quantkit.embedded import materialize
+
+        return materialize("smollm2-135m")
+    if kind == "tiny":  # a smoke test of this script
+        from tiny_models import save_tiny_checkpoint
+
+        return save_tiny_checkpoint("llama", tmp / "src-tiny")
+    import torch
+    from transformers import AutoModelForCausalLM, LlamaConfig, Qwen3NextConfig
+
+    from tiny_models import tiny_tokenizer
+
+    if kind == "dense":
+        cfg = LlamaConfig(hidden_size=4096, intermediate_size=14336, num_hidden_layers=32, num_attention_heads=32,
+                          num_key_value_heads=8, vocab_size=32000, max_position_embeddings=4096,
+                          architectures=["LlamaForCausalLM"])
+    else:  # Qwen3-Next-80B-A3B's layer shape, 4 of its 48 layers (3 Gated DeltaNet + 1 attention)
+        cfg = Qwen3NextConfig(hidden_size=2048, num_hidden_layers=4, num_attention_heads=16, num_key_value_heads=2,
+                              head_dim=256, num_experts=512, num_experts_per_tok=10, moe_intermediate_size=512,
+                              shared_expert_intermediate_size=512, intermediate_size=5120, vocab_size=151936,
+                              linear_num_key_heads=16, linear_num_value_heads=32, linear_key_head_dim=128,
+                              linear_value_head_dim=128, decoder_sparse_step=1, mlp_only_layers=[],
+                              layer_types=["linear_attention"] * 3 + ["full_attention"],
+                              architectures=["Qwen3NextForCausalLM"], max_position_embeddings=4096)
+    with torch.device("cuda" if torch.cuda.is_available() else "cpu"):
+        model = AutoModelForCausalLM.from_config(cfg, dtype=torch.bfloat16)
+    src = tmp / f"src-{kind}"
+    model.save_pretrained(src)
+    tiny_tokenizer().save_pretrained(src)
+    return src
+
+
+def _quantkit(recipe: Path, out: Path, args: list[str]) -> dict:
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO)] + [x for x in [os.environ.get("PYTHONPATH")] if x])}
+    t = time.perf_counter()
+    q = subprocess.run([sys.executable, "-m", "quantkit", "quantize", str(recipe), "--out", str(out), *args],
+                       capture_output=True, text=True, cwd=REPO, env=env)
+    wall = time.perf_counter() - t
+    if q.returncode:
+        print(q.stderr[-3000:], file=sys.stderr)
+    runs = {}
+    for m in [out / "quantkit.json", *out.glob("*/quantkit.json")]:
+        if m.is_file():
+            man = json.loads(m.read_text())
+            runs[man["format"]] = {"backend": man.get("backend"), "timings": man["run"]["timings_s"],
+                                   "converted": bool(man.get("converted_from"))}
+    shutil.rmtree(out, ignore_errors=True)
+    return {"wall_s": round(wall, 2), "exit": q.returncode, "variants": runs}
+
+
+def _raw(src: Path, out: Path, ids: Path, kind: str) -> dict:
+    t = time.perf_counter()
+    r = subprocess.run([sys.executable, "-c", RAW_LLMC, str(src), str(out), str(ids), json.dumps(IGNORE[kind])],
+                       capture_output=True, text=True)
+    wall = time.perf_counter() - t
+    if r.returncode:
+        print(r.stderr[-3000:], file=sys.stderr)
+    shutil.rmtree(out, ignore_errors=True)
+    stats = json.loads(r.stdout.strip().splitlines()[-1]) if r.returncode == 0 else {"error": r.stderr[-500:]}
+    return {"wall_s": round(wall, 2), "exit": r.returncode, **stats}
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", choices=["smollm2", "dense", "moe", "tiny"], default="smollm2")
+    ap.add_argument("--samples", type=int, default=32)
+    ap.add_argument("--seq-len", type=int, default=256)
+    ap.add_argument("--dataset", default=None, help="calibration spec (default: bundled-en on CPU, random-tokens on GPU)")
+    ap.add_argument("--runs", default="raw,modelopt,ct,both,each")
+    a = ap.parse_args()
+    import torch
+
+    from _machine import describe, machine
+    from quantkit.calib import build_calibration
+    from transformers import AutoTokenizer
+
+    tmp = Path(tempfile.mkdtemp(prefix="bench-formats-"))
+    src = _source(a.model, tmp)
+    dataset = a.dataset or ("random-tokens" if torch.cuda.is_available() else "bundled-en")
+    calib = build_calibration(AutoTokenizer.from_pretrained(src), dataset, a.samples, a.seq_len, 0)
+    ids = tmp / "ids.json"
+    ids.write_text(json.dumps(calib.input_ids))
+    recipe = tmp / "r.yaml"
+    recipe.write_text(f"name: bench\nmodel:\n  source: {src}\ncalibration:\n  dataset: {dataset}\n"
+                      f"  samples: {a.samples}\n  seq_len: {a.seq_len}\n")
+    args = {"modelopt": ["--format", "modelopt"], "ct": ["--format", "compressed-tensors"],
+            "both": ["--format", "both"], "each": ["--format", "both", "--calibrate-each"]}
+    rows = {}
+    for run in a.runs.split(","):
+        rows[run] = _raw(src, tmp / "raw", ids, a.model) if run == "raw" else _quantkit(recipe, tmp / run, args[run])
+        print(run, json.dumps(rows[run]), flush=True)
+    wall = {k: v["wall_s"] for k, v in rows.items() if not v["exit"]}
+    ratios = {"both / modelopt": _ratio(wall, "both", "modelopt"), "ct / raw llm-compressor": _ratio(wall, "ct", "raw"),
+              "each / modelopt": _ratio(wall, "each", "modelopt"), "both / each": _ratio(wall, "both", "each")}
+    result = {"machine": describe(machine(torch_info=True)), "model": a.model, "dataset": dataset, "samples": len(calib.input_ids),
+              "tokens": calib.tokens, "runs": rows, "ratios": ratios}
+    print(json.dumps(ratios, indent=1))
+    dest = Path(os.environ["OUT"]) if os.environ.get("OUT") else REPO / "bench"
+    dest.mkdir(exist_ok=True)
+    (dest / f"formats-{a.model}.json").write_text(json.dumps(result, indent=1))
+    shutil.rmtree(tmp, ignore_errors=True)
+    return 0 if all(not v["exit"] for v in rows.values()) else 1
+
+
+def _ratio(wall: dict, a: str, b: str) -> float | None:
+    return round(wall[a] / wall[b], 3) if a in wall and b in wall else None
+
+
+if __name__ == "__main__":
+    sys.exit(main())
