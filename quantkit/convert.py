@@ -175,7 +175,20 @@ def metadata_lists(ckpt: Path, src: Format) -> tuple[list[str], list]:
             patterns.append(Pattern(e))
     stored = stored_modules(checkpoint_tensors(ckpt))
     exact += [m.name for m in stored.values() if m.precision not in ("fp4", "fp8") and m.ndim == 2]
+    exact += _unquantized_fused(ckpt, stored)
     return list(dict.fromkeys(exact)), patterns
+
+
+def _unquantized_fused(ckpt: Path, stored: dict) -> list[str]:
+    """The names of the modules the engine fuses from stored BF16 parts (`in_proj_ba`, `qkv_proj`,
+    a layer's experts): a target syntax without regexes (ModelOpt) must name them too (vLLM issue
+    40252), since a regex entry of the source that covered them does not translate."""
+    from quantkit.families import model_types_of
+    from quantkit.inspect.engine import engine_modules
+
+    cfg = json.loads((ckpt / "config.json").read_text())
+    return [name for name, parts in engine_modules(stored, model_types_of(cfg)).items()
+            if all(m.precision not in ("fp4", "fp8") for m in parts.values())]
 
 
 def write_metadata(src_dir: Path, dst_dir: Path, dst: Format, unquantized: list[str], patterns: list) -> None:

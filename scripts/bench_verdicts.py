@@ -35,7 +35,7 @@ MODELS = {
                                 "zero-k-proj": "model.layers.1.self_attn.k_proj",
                                 "flipped-signs": "model.layers.15.mlp.gate_proj",
                                 "inverted-global-scale": "model.layers.20.self_attn.o_proj"}},
-    "gemma3-270m": {"best": "gemma3-270m-best", "subtle_formats": ["modelopt"],
+    "gemma3-270m": {"best": "gemma3-270m-best", "subtle_formats": [],
                     "layers": {"block-scales-x4": "model.layers.10.mlp.down_proj",
                                "zero-k-proj": "model.layers.1.self_attn.k_proj",
                                "flipped-signs": "model.layers.15.mlp.gate_proj",
