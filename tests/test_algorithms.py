@@ -27,7 +27,7 @@ def test_llmcompressor_algorithms_produce_verified_nvfp4(tiny_src, tmp_path, alg
     r.write_text(f"name: t\nmodel:\n  source: {tiny_src}\ncalibration:\n  algorithm: {algorithm}\n  samples: 4\n"
                  "  seq_len: 64\n")
     out = tmp_path / "out"
-    assert main(["quantize", str(r), "--format", "ct", "--out", str(out)]) == 0
+    assert main(["quantize", str(r), "--format", "ct", "--backend", "llmcompressor", "--out", str(out)]) == 0
     mods = stored_modules(checkpoint_tensors(out))
     assert sum(m.precision == "fp4" for m in mods.values()) == 14
     m = json.loads((out / "quantkit.json").read_text())

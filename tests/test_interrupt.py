@@ -18,7 +18,7 @@ from tiny_models import save_tiny_checkpoint
 
 def _start(recipe: Path, out: Path) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, "-m", "quantkit.cli.main", "quantize", str(recipe), "--out", str(out),
-                             "--format", "ct"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                             "--format", "ct", "--backend", "llmcompressor"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             start_new_session=True, preexec_fn=default_signals)
 
 
@@ -57,6 +57,25 @@ def test_sigint_leaves_no_output(slow_recipe, tmp_path):
     assert "interrupted" in err, (err[-2000:], out_text)
     assert not out.exists()
     assert not list(out.parent.glob(".*partial*")), "temporary directory was not cleaned up"
+
+
+@pytest.mark.e2e
+def test_sigint_during_the_shared_calibration_leaves_nothing(slow_recipe, tmp_path):
+    """--format ct calibrates with ModelOpt into a hidden directory, then converts: interrupted
+    there, neither the output nor the hidden calibration is left."""
+    out = tmp_path / "out" / "ckpt"
+    proc = subprocess.Popen([sys.executable, "-m", "quantkit.cli.main", "quantize", str(slow_recipe), "--out", str(out),
+                             "--format", "ct"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True, preexec_fn=default_signals)
+    deadline = time.time() + 120
+    while time.time() < deadline and not list(out.parent.glob(".*calibrated-modelopt*partial*")):
+        assert proc.poll() is None, proc.communicate()
+        time.sleep(0.02)
+    time.sleep(0.3)
+    os.killpg(proc.pid, signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    assert not out.exists() and not list(out.parent.iterdir()), list(out.parent.iterdir())
 
 
 @pytest.mark.e2e
