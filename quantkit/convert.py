@@ -13,15 +13,13 @@ written from its output, so the two checkpoints serve identical numbers."""
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from quantkit.checkpoint.formats import Format, detect_format, get_format, stored_modules
-from quantkit.checkpoint.formats.base import Nvfp4Linear
+from quantkit.checkpoint.formats import Format, detect_format, format_for_kind, get_format, stored_modules
 from quantkit.checkpoint.headers import checkpoint_tensors
 from quantkit.errors import UsageError, VerificationError
 from quantkit.progress import SILENT, Reporter
@@ -47,18 +45,12 @@ class ConvertResult:
 
 def _nvfp4_format(ckpt: Path) -> Format:
     info = detect_format(ckpt)
-    f = _format_of_kind(info.kind)
-    if f is None:
+    f = format_for_kind(info.kind)
+    if f is None or info.kind != f.nvfp4_kind:
         raise UsageError(f"{ckpt} is not an NVFP4 checkpoint of a known format (its metadata says {info.kind!r})",
                          hint="convert works on ModelOpt and compressed-tensors NVFP4 checkpoints; "
                               "mixed-precision (FP8 + FP4) checkpoints cannot be converted losslessly")
     return f
-
-
-def _format_of_kind(kind: str) -> Format | None:
-    from quantkit.checkpoint.formats import FORMATS
-
-    return next((f for f in FORMATS.values() if f.nvfp4_kind == kind), None)
 
 
 def _refuse_lossy(ckpt: Path, src: Format) -> None:

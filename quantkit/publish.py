@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from quantkit import __version__
-from quantkit.checkpoint.formats import FORMATS, detect_format
+from quantkit.checkpoint.formats import FORMATS, detect_format, format_for_kind
 from quantkit.checkpoint.manifest import read_manifest
 from quantkit.errors import PublishError, UsageError, first_line
 from quantkit.report import find_passing_report
@@ -46,8 +46,8 @@ def parse_target(to: str) -> tuple[str, str]:
 
 def _check_metadata(ckpt: Path) -> str:
     info = detect_format(ckpt)
-    f = next((f for f in FORMATS.values() if info.kind == f.nvfp4_kind), None)
-    if f is None:
+    f = format_for_kind(info.kind)
+    if f is None or info.kind != f.nvfp4_kind:
         raise PublishError(f"{ckpt} is not an NVFP4 checkpoint quantkit can publish (format: {info.kind})",
                            hint=f"publish an NVFP4 checkpoint of one of: {', '.join(FORMATS)}")
     problem = f.publish_problem(ckpt, info)
