@@ -21,23 +21,15 @@ def _meminfo() -> dict[str, int]:
     return {k: int(v.split()[0]) * 1024 for k, v in (ln.split(":", 1) for ln in lines if ":" in ln) if v.split()}
 
 
-def _cpu() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "?"
-
-
 def machine(torch_info: bool = False) -> dict:
     """CPU, cores, RAM and swap, Python, OS and the load at the start; with `torch_info` also what
     decides quantization times and low bits (quantkit.checkpoint.manifest.numerics: torch's kernel
     level and threads, the GPU) and torch's version. Without it torch is not imported, so a
     benchmark of a torch-free path (inspect) does not pay for it."""
+    from quantkit.checkpoint.manifest import cpu_model
+
     mem = _meminfo()
-    m = {"cpu": _cpu(), "arch": platform.machine(), "cores": os.cpu_count(),
+    m = {"cpu": cpu_model(), "arch": platform.machine(), "cores": os.cpu_count(),
          "ram_gb": round(mem.get("MemTotal", 0) / 1e9, 1), "swap_gb": round(mem.get("SwapTotal", 0) / 1e9, 1),
          "python": platform.python_version(), "os": platform.platform(),
          "load_avg_1m": round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None}

@@ -10,7 +10,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-__all__ = ["MANIFEST", "sha256_file", "file_hashes", "content_hash", "tool_versions", "numerics", "write_manifest",
+__all__ = ["MANIFEST", "sha256_file", "file_hashes", "content_hash", "tool_versions", "numerics", "cpu_model", "write_manifest",
            "read_manifest"]
 
 MANIFEST = "quantkit.json"
@@ -50,7 +50,7 @@ def tool_versions() -> dict[str, str | None]:
     return out
 
 
-def _cpu_model() -> str:
+def cpu_model() -> str:
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("model name"):
@@ -71,7 +71,7 @@ def numerics() -> dict[str, Any]:
 
     import torch
 
-    return {"cpu": _cpu_model(), "machine": platform.machine(),
+    return {"cpu": cpu_model(), "machine": platform.machine(),
             "torch_cpu_capability": torch.backends.cpu.get_cpu_capability(), "torch_threads": torch.get_num_threads(),
             "onednn_max_cpu_isa": os.environ.get("ONEDNN_MAX_CPU_ISA"), "mkl": torch.backends.mkl.is_available(),
             "cuda_device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None}
