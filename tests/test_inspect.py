@@ -103,7 +103,9 @@ class Ckpt:
             q = {"quant_algo": algo, "kv_cache_quant_algo": kv, "group_size": 16, "exclude_modules": exclude}
             hfq = {"producer": {"name": "modelopt", "version": "0.47.0"}, "quantization": q}
             (path / "hf_quant_config.json").write_text(json.dumps(hfq))
-            config["quantization_config"] = {"quant_method": "modelopt", **q}
+            # as ModelOpt 0.47 writes it: config.json names the list `ignore` (vLLM 0.32 reads only that one)
+            flat = {k: v for k, v in q.items() if k != "exclude_modules"}
+            config["quantization_config"] = {"quant_method": "modelopt", **flat, "ignore": exclude}
         else:
             kv_scheme = {"num_bits": 8, "type": "float", "strategy": "tensor"} if kv else None
             config["quantization_config"] = {"quant_method": "compressed-tensors", "format": "nvfp4-pack-quantized",
@@ -205,19 +207,50 @@ def test_bf16_linear_not_declared(tmp_path):
     assert errors(r) == {"undeclared-bf16"}
 
 
-def test_vllm_40252_split_gdn_names_ignored_fused_names_served(tmp_path):
+def _qwen3_5_gdn(tmp_path, ignore):
     c = Ckpt("ct")
     c.common("model.language_model")
     c.gdn("model.language_model.layers.0")
     c.attn("model.language_model.layers.1")
-    split = [f"model.language_model.layers.0.linear_attn.{n}"
-             for n in ("in_proj_qkv", "in_proj_z", "in_proj_b", "in_proj_a", "out_proj")]
-    r = inspect_checkpoint(c.save(tmp_path / "s", QWEN3_5, ["lm_head"] + split))
+    return inspect_checkpoint(c.save(tmp_path / "s", QWEN3_5, ["lm_head"] + ignore))
+
+
+SPLIT = [f"model.language_model.layers.0.linear_attn.{n}" for n in ("in_proj_qkv", "in_proj_z", "in_proj_b",
+                                                                      "in_proj_a", "out_proj")]
+
+
+def test_vllm_40252_split_gdn_names_fine_on_0_32_warned_for_older(tmp_path):
+    """vLLM 0.32's Qwen3.5 classes expand the fused GDN modules to the split names (issue 12 case 8):
+    it loads; vLLM before 0.32 matched the fused name only, so that stays a warning."""
+    r = _qwen3_5_gdn(tmp_path, SPLIT)
+    assert errors(r) == set()
+    f = next(f for f in r.warnings if f.code == "engine-name-uncovered")
+    assert f.modules == ["language_model.model.layers.0.linear_attn.in_proj_ba",
+                         "language_model.model.layers.0.linear_attn.in_proj_qkvz"]
+    assert "before 0.32" in f.message
+
+
+def test_regex_anchored_at_checkpoint_prefix_misses_vllm_names(tmp_path):
+    """compressed-tensors `re:` entries are not renamed (issue 12 case 1): vLLM matches them against
+    `language_model.model.*`, so a regex written for `model.language_model.*` covers nothing."""
+    r = _qwen3_5_gdn(tmp_path, ["re:model\\.language_model\\..*linear_attn.*"])
     f = next(f for f in r.errors if f.code == "engine-name-uncovered")
-    assert f.modules == ["model.language_model.layers.0.linear_attn.in_proj_ba",
-                         "model.language_model.layers.0.linear_attn.in_proj_qkvz"]
-    assert "40252" in f.source
-    assert errors(r) == {"engine-name-uncovered"}  # split names themselves are declared: no other error
+    assert "language_model.model.layers.0.linear_attn.in_proj_qkvz" in f.modules
+    assert "vLLM 0.32" in f.message
+
+
+def test_config_json_list_is_the_one_vllm_reads(tmp_path):
+    """Issue 12 case 7: ModelOpt metadata whose config.json list (`ignore`) lacks what
+    hf_quant_config.json's exclude_modules has: vLLM 0.32 reads config.json."""
+    c = llama("modelopt")
+    c.drop("model.layers.1.mlp.down_proj").bf16("model.layers.1.mlp.down_proj", 32, 64)
+    path = c.save(tmp_path / "d", LLAMA, ["lm_head", "model.layers.1.mlp.down_proj"])
+    cfg = json.loads((path / "config.json").read_text())
+    cfg["quantization_config"]["ignore"] = ["lm_head"]
+    (path / "config.json").write_text(json.dumps(cfg))
+    r = inspect_checkpoint(path)
+    f = next(f for f in r.errors if f.code == "metadata-files-disagree")
+    assert f.modules == ["model.layers.1.mlp.down_proj"] and "config.json" in f.message
 
 
 def test_fused_module_parts_disagree(tmp_path):
@@ -225,7 +258,7 @@ def test_fused_module_parts_disagree(tmp_path):
     c.drop("model.layers.0.self_attn.k_proj").bf16("model.layers.0.self_attn.k_proj", 16, 32)
     r = inspect_checkpoint(c.save(tmp_path / "f", LLAMA, ["lm_head", "model.layers.0.self_attn.k_proj"]))
     f = next(f for f in r.errors if f.code == "fused-parts-disagree")
-    assert f.modules == ["model.layers.0.self_attn.qkv_proj"] and "k_proj BF16" in f.message
+    assert f.modules == ["model.layers.0.self_attn.qkv_proj"] and "some but not all shards" in f.message
 
 
 def test_experts_of_one_layer_disagree(tmp_path):

@@ -22,6 +22,7 @@ from transformers import (
     PreTrainedTokenizerFast,
     Qwen3_5MoeTextConfig,
     Qwen3_5TextConfig,
+    Qwen3MoeConfig,
     Qwen3NextConfig,
 )
 
@@ -66,6 +67,13 @@ def _qwen3_5_moe() -> PreTrainedConfig:
                                 layer_types=list(_HYBRID))
 
 
+def _qwen3_moe() -> PreTrainedConfig:
+    # Qwen3-30B-A3B-like, with one dense-MLP layer (mlp_only_layers): vLLM packs that layer's
+    # gate_up_proj only after its quantization config copied the mapping.
+    return Qwen3MoeConfig(**_COMMON, num_experts=4, num_experts_per_tok=2, moe_intermediate_size=32,
+                          intermediate_size=128, num_hidden_layers=2, decoder_sparse_step=1, mlp_only_layers=[1])
+
+
 def _nemotron_h() -> PreTrainedConfig:
     # Pattern "M*EM*-": Mamba-2, attention, MoE, Mamba-2, attention, MLP (every block kind once+).
     # Mamba inner width = mamba_num_heads * mamba_head_dim = 128 = expand * hidden_size.
@@ -100,6 +108,7 @@ _BUILDERS = {
     "qwen3_next": _qwen3_next,
     "qwen3_5": _qwen3_5,
     "qwen3_5_moe": _qwen3_5_moe,
+    "qwen3_moe": _qwen3_moe,
     "nemotron_h": _nemotron_h,
     "gemma3": _gemma3,
     "gemma4": _gemma4,

@@ -19,13 +19,15 @@ from quantkit.checkpoint.formats import FormatInfo, detect_format, stored_module
 from quantkit.errors import ModelSourceError
 from quantkit.families import families_for, model_types_of
 from quantkit.inspect import checks
-from quantkit.inspect.engine import engine_findings, engine_modules
+from quantkit.inspect.engine import engine_findings, engine_modules, vllm_findings
 from quantkit.inspect.hardware import MACHINES, Machine, hardware_fit
 from quantkit.inspect.load import config_view, load_checkpoint, looks_like_hub_id
 from quantkit.inspect.names import Declared, FamilyCover
 from quantkit.inspect.precision import outside_modules, precision_map, tensor_format
 from quantkit.inspect.report import CATALOGUE, SEVERITIES, Finding, InspectReport
 from quantkit.inspect.tp import tp_findings
+from quantkit.inspect.vllm import VLLM_VERSION, vllm_view
+from quantkit.engines.vllm_layers import ARCHS
 
 __all__ = ["inspect_checkpoint", "InspectReport", "Finding", "CATALOGUE", "SEVERITIES", "MACHINES", "Machine"]
 
@@ -72,16 +74,22 @@ def _inspect(path_or_id: str, deep: bool, revision: str | None, context: int | N
     precision = precision_map(ckpt.tensors, modules, others)
     declared = Declared(info)
     fused = engine_modules(modules, types)
+    hfq = (info.hf_quant_config if info.hf_quant_config is not None else None)
+    view = vllm_view(ckpt.config, hfq, modules, ckpt.tensors)
 
     findings = list(ckpt.findings)
     findings += checks.format_findings(info, modules, declared, precision["summary"]["linear_bits_per_param"])
     if info.kind != "unquantized" or tkind != "unquantized":
         findings += checks.family_findings(modules, FamilyCover(families, config))
-        findings += checks.metadata_findings(info, modules, declared)
+        findings += checks.metadata_findings(info, modules, declared, by_engine=view.modelled)
         findings += checks.scale_findings(info, modules, ckpt.tensors)
         findings += checks.kv_findings(info, modules, ckpt.tensors)
-        findings += engine_findings(fused, declared)
-        findings += checks.unmatched_findings(info, modules, set(fused), declared)
+        if view.modelled:  # vLLM's own decision per module it builds
+            findings += vllm_findings(view, modules, ckpt.tensors, declared)
+        else:
+            findings += engine_findings(fused, declared)
+        engine_names = set(fused) | set(view.modules) | {s for m in view.modules.values() for s in m.shards}
+        findings += checks.unmatched_findings(info, modules, engine_names, declared)
         findings += tp_findings(modules, ckpt.tensors, tp)
     read = 0
     if deep:
@@ -98,7 +106,9 @@ def _inspect(path_or_id: str, deep: bool, revision: str | None, context: int | N
         source=ckpt.source, location=ckpt.location,
         format={**info.to_dict(), "tensor_format": tkind, "tensor_conventions": conventions},
         model={"model_type": cfg.get("model_type"), "architectures": cfg.get("architectures"),
-               "model_types": types, "families": [f.name for f in families]},
+               "model_types": types, "families": [f.name for f in families],
+               "engine": {"name": "vllm", "version": VLLM_VERSION, "modelled": view.modelled,
+                          "architecture_known": view.arch_name in ARCHS, "metadata_read": view.source}},
         precision=precision, findings=findings, hardware=hw, deep=deep,
         stats={"files": len(ckpt.files), "tensors": len(ckpt.tensors), "tensor_bytes_read": read,
                "seconds": round(time.perf_counter() - t0, 3)},

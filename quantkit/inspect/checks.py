@@ -102,7 +102,12 @@ def _targeted(info: FormatInfo) -> Callable[[str], bool]:
     return lambda n: True
 
 
-def metadata_findings(info: FormatInfo, modules: dict[str, StoredModule], declared: Declared) -> list[Finding]:
+def metadata_findings(info: FormatInfo, modules: dict[str, StoredModule], declared: Declared,
+                      by_engine: bool = False) -> list[Finding]:
+    """Stored precisions against the metadata read by checkpoint names; `by_engine`: those two
+    questions are answered by the engine's own decisions instead (`engine.vllm_findings`)."""
+    if by_engine:
+        return []
     out = []
     packed = [n for n, m in modules.items() if m.precision in ("fp4", "fp8") and declared(n)]
     if packed:

@@ -39,6 +39,15 @@ CATALOGUE: dict[str, tuple[str, str, str, str]] = {
         "cover the fused names too, e.g. `re:.*linear_attn.*` (compressed-tensors) or "
         "`*linear_attn*` (ModelOpt)",
         "vLLM issue 40252"),
+    "metadata-files-disagree": (
+        "error",
+        "vLLM 0.32 reads config.json's `quantization_config` when it exists (its list key is `ignore`) and "
+        "never hf_quant_config.json's `exclude_modules` then; engines and tools that read "
+        "hf_quant_config.json (SGLang's ModelOpt loader, older vLLM, quantkit before 0.2) see the "
+        "other list. Modules only the other file excludes are built FP4 over BF16 weights",
+        "make both lists the same: copy hf_quant_config.json's exclude_modules to config.json's "
+        "quantization_config.ignore (`quantkit inspect --fix` does it)",
+        "vLLM weight_utils.get_quant_config; modelopt.py ModelOptQuantConfigBase.from_config"),
     "fused-parts-disagree": (
         "error",
         "vLLM builds one module from these parts (qkv_proj, gate_up_proj, in_proj_qkvz, the experts of "
