@@ -113,3 +113,16 @@ def test_plan_human_output_groups_layers(capsys):
     out = capsys.readouterr().out
     assert "model.layers.*.self_attn.q_proj" in out and "30" in out and "lm_head" in out
     assert "bits/param" in out
+
+
+def test_nemotron_latent_moe_projections_stay_bf16():
+    """Issue 12 case 12: Nemotron-3-Super's latent MoE projections are kept BF16, as NVIDIA's
+    exporter does (vLLM's nemotron_h.py relies on an unquantized fc2_latent_proj)."""
+    cfg = tiny_config("nemotron_h")
+    cfg.moe_latent_size = 32
+    plan = build_plan(cfg, model_source="t", backend="modelopt")
+    by = {d.module.name: d for d in plan.decisions}
+    for proj in ("fc1_latent_proj", "fc2_latent_proj"):
+        d = by[f"model.layers.2.mixer.{proj}"]
+        assert d.precision == "bf16" and "latent" in d.reason, d
+    assert by["model.layers.2.mixer.experts"].precision == "fp4"

@@ -19,6 +19,10 @@ _CANON = {"linear_attention": "mamba", "mamba": "mamba", "full_attention": "atte
           "attention": "attention", "mlp": "mlp", "moe": "moe"}
 
 
+_LATENT = ("latent-MoE projection (into / out of the experts' latent space, every token): NVIDIA's "
+           "Nemotron-H exporter keeps it BF16 (vLLM nemotron_h.py)")
+
+
 def layer_kinds(config: Any) -> list[str]:
     """Per-layer kind ('mamba' | 'attention' | 'mlp' | 'moe') from a Nemotron-H config (object
     or config.json dict); an unknown pattern character is kept as it is."""
@@ -63,6 +67,10 @@ NEMOTRON_H = Family(
     name="nemotron_h",
     description="Nemotron-H Mamba-2 hybrids: Mamba mixers, attention and attention-feeding layers",
     model_types=("nemotron_h",),
+    # Latent MoE (Nemotron-3-Super): the projections into and out of the experts' latent space run
+    # for every token; NVIDIA's exporter keeps them BF16 and vLLM's nemotron_h.py relies on it
+    # (`fc2_latent_proj.reduce_commutative` holds only for an unquantized layer).
+    static_rules=(("*.mixer.fc1_latent_proj", _LATENT), ("*.mixer.fc2_latent_proj", _LATENT)),
     dynamic_rules=_rules,
     layer_kinds=layer_kinds,
     slice_layer=_slice_layer,
