@@ -498,3 +498,74 @@ def test_tp_split_finds_modules_that_cannot_shard(tmp_path):
     assert eight[0].modules == ["model.layers.0.mixer.out_proj", "model.layers.0.mlp.up_proj"]
     assert "232 input values per rank" in eight[0].message
     assert len(tp_findings(mods, info, 3)[0].modules) == 3
+
+
+# ----------------------------------------------------------------------------- --fix
+def test_fix_covers_vllm_names_into_a_new_directory(tmp_path, capsys):
+    """The regex anchored at the checkpoint prefix (vLLM never renames regexes): --fix adds the names
+    vLLM looks up, links the weights, leaves the source alone, and the result inspects clean."""
+    c = Ckpt("ct")
+    c.common("model.language_model")
+    c.gdn("model.language_model.layers.0")
+    c.attn("model.language_model.layers.1")
+    src = c.save(tmp_path / "src", QWEN3_5, ["lm_head", "re:model\\.language_model\\..*linear_attn.*"])
+    before = (src / "config.json").read_text()
+    assert "engine-name-uncovered" in errors(inspect_checkpoint(src))
+    code = main(["inspect", str(src), "--fix", "--out", str(tmp_path / "fixed"), "--json"])
+    out = json.loads(capsys.readouterr().out)
+    assert code == 0 and out["report"]["counts"]["error"] == 0
+    assert "model.language_model.layers.0.linear_attn.in_proj_qkvz" in out["fix"]["added"]
+    assert (src / "config.json").read_text() == before  # the source is untouched
+    shard = next(src.glob("*.safetensors"))
+    assert (tmp_path / "fixed" / shard.name).stat().st_ino == shard.stat().st_ino  # hard-linked, not copied
+    assert errors(inspect_checkpoint(tmp_path / "fixed")) == set()
+
+
+def test_fix_in_place_syncs_modelopt_files_and_keeps_backups(tmp_path):
+    c = llama("modelopt")
+    c.drop("model.layers.1.mlp.down_proj").bf16("model.layers.1.mlp.down_proj", 32, 64)
+    path = c.save(tmp_path / "d", LLAMA, ["lm_head", "model.layers.1.mlp.down_proj"])
+    cfg = json.loads((path / "config.json").read_text())
+    cfg["quantization_config"]["ignore"] = ["lm_head"]  # config.json lost the entry vLLM needs
+    (path / "config.json").write_text(json.dumps(cfg))
+    assert main(["inspect", str(path), "--fix", "--in-place"]) == 0
+    assert json.loads((path / "config.json.bak").read_text())["quantization_config"]["ignore"] == ["lm_head"]
+    fixed = json.loads((path / "config.json").read_text())["quantization_config"]["ignore"]
+    hfq = json.loads((path / "hf_quant_config.json").read_text())["quantization"]["exclude_modules"]
+    assert fixed == hfq == ["lm_head", "model.layers.1.mlp.down_proj"]
+    assert errors(inspect_checkpoint(path)) == set()
+
+
+def test_fix_removes_literal_entries_naming_packed_modules(tmp_path):
+    c = llama("ct")
+    path = c.save(tmp_path / "w", LLAMA, ["lm_head", "model.layers.0.mlp.down_proj", "model.layers.0.mlp.up_proj",
+                                          "model.layers.0.mlp.gate_proj"])
+    assert "excluded-but-quantized" in errors(inspect_checkpoint(path))
+    from quantkit.inspect.fix import fix_checkpoint
+
+    res = fix_checkpoint(path, tmp_path / "f")
+    assert sorted(res.removed) == ["model.layers.0.mlp.down_proj", "model.layers.0.mlp.gate_proj",
+                                   "model.layers.0.mlp.up_proj"]
+    assert res.report.errors == [] and res.unfixable == []
+
+
+def test_fix_reports_what_metadata_cannot_fix(tmp_path):
+    """Parts of one fused module stored in different precisions need new tensors: still an error."""
+    c = llama("modelopt")
+    c.drop("model.layers.0.self_attn.k_proj").bf16("model.layers.0.self_attn.k_proj", 16, 32)
+    path = c.save(tmp_path / "m", LLAMA, ["lm_head", "model.layers.0.self_attn.k_proj"])
+    assert main(["inspect", str(path), "--fix", "--out", str(tmp_path / "f")]) == 1
+    from quantkit.inspect.fix import fix_checkpoint
+
+    res = fix_checkpoint(path, tmp_path / "f2")
+    assert any("qkv_proj" in u and "differ in precision" in u for u in res.unfixable)
+
+
+def test_fix_bad_input(tmp_path):
+    c = llama("ct")
+    path = c.save(tmp_path / "x", LLAMA, ["lm_head"])
+    assert main(["inspect", str(path), "--fix"]) == 3  # neither --out nor --in-place
+    assert main(["inspect", str(path), "--fix", "--out", str(tmp_path / "o"), "--in-place"]) == 3
+    assert main(["inspect", "org/model", "--fix", "--out", str(tmp_path / "o")]) == 3  # Hub ids: download first
+    assert main(["inspect", str(path), "--out", str(tmp_path / "o")]) == 3  # --out without --fix
+    assert not (tmp_path / "o").exists()

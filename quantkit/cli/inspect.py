@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import json
 from enum import Enum
+from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
 
 from quantkit.cli._options import JsonOpt
+from quantkit.errors import UsageError
 
 
 class FailOn(str, Enum):
@@ -88,6 +90,29 @@ def render_report(report) -> None:
                   f"{d['stats']['seconds']:.2f}s[/]")
 
 
+def _fix(source: str, out: Optional[Path], in_place: bool, overwrite: bool, as_json: bool, fail_on) -> None:
+    from quantkit.cli.render import console
+    from quantkit.inspect.fix import fix_checkpoint
+
+    res = fix_checkpoint(source, out, in_place=in_place, overwrite=overwrite)
+    if as_json:
+        print(json.dumps({"fix": res.to_dict(), "report": res.report.to_dict()}, indent=2))
+    else:
+        render_report(res.report)
+        what = {"added": res.added, "removed": res.removed, "copied between the two metadata files": res.synced}
+        for label, items in what.items():
+            if items:
+                console.print(f"[bold]{label}[/] ({len(items)}): " + ", ".join(items[:8]) + (" ..." if len(items) > 8 else ""))
+        for u in res.unfixable:
+            console.print(f"[red]not fixable by metadata:[/] {u}")
+        where = "in place" + (f" (backups: {', '.join(b.name for b in res.backups)})" if res.backups else "") \
+            if in_place else f"into {res.out}"
+        console.print(("fixed " + where) if res.changed else f"nothing to change; written {where}")
+    code = res.report.exit_code(fail_on.value)
+    if code:
+        raise typer.Exit(code)
+
+
 def register(app: typer.Typer) -> None:
     @app.command("inspect", short_help="Lint a checkpoint from its headers: formats, precisions, exclusions, engine names, fit.")
     def inspect(
@@ -104,6 +129,14 @@ def register(app: typer.Typer) -> None:
                            "(default: min(max_position_embeddings, 32768))", show_default=False)] = None,
         tp: Annotated[int, typer.Option("--tp", min=1, help="tensor-parallel size to check: every FP4 module "
                       "must shard into whole NVFP4 groups (16 values) per rank")] = 1,
+        fix: Annotated[bool, typer.Option("--fix", help="rewrite the ignore / exclude lists (metadata only, never "
+                       "tensors) so vLLM builds every module as it is stored, then inspect the result; needs "
+                       "--out or --in-place")] = False,
+        out: Annotated[Optional[Path], typer.Option("--out", help="with --fix: write the fixed checkpoint here "
+                       "(weights hard-linked, else copied)", show_default=False)] = None,
+        in_place: Annotated[bool, typer.Option("--in-place", help="with --fix: edit SOURCE itself, keeping the old "
+                            "files as config.json.bak / hf_quant_config.json.bak")] = False,
+        overwrite: Annotated[bool, typer.Option("--overwrite", help="with --fix --out: replace an existing DIR")] = False,
     ) -> None:
         """Lint an NVFP4 checkpoint without reading its weights: format and producer, the precision
         of every linear, exclusions against the family preset and against the names vLLM builds,
@@ -123,9 +156,16 @@ def register(app: typer.Typer) -> None:
           quantkit inspect out/x --deep --fail-on warning
 
           quantkit inspect nvidia/Some-Model-NVFP4 --tp 8
+
+          quantkit inspect community-ckpt/ --fix --out fixed-ckpt/
         """
         from quantkit.inspect import inspect_checkpoint
 
+        if fix:
+            _fix(source, out, in_place, overwrite, as_json, fail_on)
+            return
+        if out is not None or in_place:
+            raise UsageError("--out and --in-place go with --fix", hint="add --fix, or drop them")
         report = inspect_checkpoint(source, deep=deep, revision=revision, context=context, tp=tp)
         if as_json:
             print(json.dumps(report.to_dict(), indent=2))
