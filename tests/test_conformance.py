@@ -136,3 +136,23 @@ def test_inspect_reports_the_silent_ones(corpus):
         r = inspect_checkpoint(str(root / case))
         codes = {f.code for f in r.errors}
         assert codes & {"undeclared-bf16", "engine-name-uncovered", "metadata-files-disagree"}, (case, codes)
+
+
+def test_fix_makes_every_case_load_as_stored_in_vllm(corpus, tmp_path):
+    """`inspect --fix`'s lists, judged by vLLM itself: every corpus checkpoint stores BF16 weights,
+    so after the fix vLLM must build every module unquantized, and refuse none (case.json, how the
+    case is served, is carried over with the weights)."""
+    from quantkit.inspect.fix import fix_checkpoint
+
+    root, oracle = corpus
+    fixed = []
+    for case in sorted(oracle):
+        res = fix_checkpoint(root / case, tmp_path / case)
+        left = {f.code for f in res.report.errors} - {"no-fp4-tensors"}  # the corpus stores no FP4 at all
+        assert not res.unfixable and not left, (case, res.unfixable, left)
+        fixed.append(str(tmp_path / case))
+    _oracle(str(tmp_path / "fixed.json"), *fixed)
+    after = json.loads((tmp_path / "fixed.json").read_text())
+    wrong = {c: {n: d for n, d in _decisions(o["modules"]).items() if d != "bf16"} for c, o in after.items()}
+    assert not {c: w for c, w in wrong.items() if w}
+    assert len(after) == len(oracle)
