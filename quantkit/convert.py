@@ -71,14 +71,15 @@ def _refuse_lossy(ckpt: Path, src: Format) -> None:
 
 
 def convert_tensors(src_dir: Path, dst_dir: Path, src: Format, dst: Format, stable: bool = False,
-                    reporter: Reporter = SILENT) -> tuple[int, int]:
+                    reporter: Reporter = SILENT, hash_source: bool = False) -> tuple[int, int]:
     """Rewrite every safetensors shard of `src_dir` into `dst_dir` (may be the same directory),
     NVFP4 linears renamed from `src`'s naming to `dst`'s and their per-tensor scales mapped,
     everything else kept. Only the scales pass through Python (a few bytes per linear); the rest
-    is one range copy per shard (`headers.rewrite_file`), or nothing at all when the names stay
-    (`headers.patch_values`, in place). `stable`: move the scales to reciprocal-stable values
-    first. Returns (linears, scales changed): with `stable` the linears whose scales moved, else
-    those whose scales `dst` cannot store exactly."""
+    is one streamed copy per shard, hashed on the way (`headers.rewrite_file`; `hash_source`:
+    the source's sha256 too, for a manifest still to be written there), or nothing at all when
+    the names stay (`headers.patch_values`, in place). `stable`: move the scales to
+    reciprocal-stable values first. Returns (linears, scales changed): with `stable` the linears
+    whose scales moved, else those whose scales `dst` cannot store exactly."""
     from quantkit.checkpoint.headers import patch_values, read_header, rewrite_file, weight_files
 
     files = [f.name for f in weight_files(src_dir)]
@@ -91,7 +92,7 @@ def convert_tensors(src_dir: Path, dst_dir: Path, src: Format, dst: Format, stab
         if src_dir == dst_dir and not any(o != n for o, n in names.items()):
             patch_values(dst_dir / fname, values)
         else:
-            rewrite_file(src_dir / fname, dst_dir / fname, names, shapes, values, {"format": "pt"})
+            rewrite_file(src_dir / fname, dst_dir / fname, names, shapes, values, {"format": "pt"}, hash_source)
         weight_map.update({names.get(n, n): fname for n in tensors})
         reporter.advance("shards", k + 1, len(files))
     if len(files) > 1 or (src_dir / "model.safetensors.index.json").is_file():

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-import shutil
+import os
 import struct
 from dataclasses import dataclass
 from pathlib import Path
@@ -77,9 +77,12 @@ def _data_start(path: Path) -> int:
 def patch_values(path: str | Path, values: dict[str, bytes]) -> None:
     """Overwrite the bytes of some tensors of a .safetensors file in place (each new value has
     the old one's byte length): per-tensor scales change without rewriting gigabytes."""
+    from quantkit.checkpoint.manifest import forget_sha256
+
     path = Path(path)
     tensors, _ = read_header(path)
     start = _data_start(path)
+    forget_sha256(path)
     with path.open("r+b") as f:
         for name, raw in values.items():
             t = tensors[name]
@@ -90,12 +93,15 @@ def patch_values(path: str | Path, values: dict[str, bytes]) -> None:
 
 
 def rewrite_file(src: str | Path, dst: str | Path, names: dict[str, str], shapes: dict[str, tuple[int, ...]],
-                 values: dict[str, bytes], metadata: dict[str, str] | None = None) -> None:
+                 values: dict[str, bytes], metadata: dict[str, str] | None = None,
+                 hash_source: bool = False) -> None:
     """Write `dst` as `src` with tensors renamed (`names`: old -> new), shapes restated (`shapes`,
     by new name: same element count) and some tensors' bytes replaced (`values`, by new name: same
-    length). Tensor data is copied in one kernel-side range copy, never through Python objects, so
-    a multi-gigabyte shard costs one sequential copy. `dst` is written whole, then renamed."""
-    import os
+    length). The tensor data streams through once in large chunks (the new values patched in on
+    the way) while other threads hash what is written, and with `hash_source` what was read: both
+    sha256 are remembered (checkpoint.manifest), so no manifest reads the gigabytes again. `dst`
+    is written whole, then renamed."""
+    from quantkit.checkpoint.manifest import remember_sha256
 
     src, dst = Path(src), Path(dst)
     tensors, meta = read_header(src)
@@ -103,20 +109,87 @@ def rewrite_file(src: str | Path, dst: str | Path, names: dict[str, str], shapes
     for old, t in sorted(tensors.items(), key=lambda kv: kv[1].offsets[0]):
         new = names.get(old, old)
         header[new] = {"dtype": t.dtype, "shape": list(shapes.get(new, t.shape)), "data_offsets": list(t.offsets)}
+    patches = []
+    for name, raw in values.items():
+        lo, hi = header[name]["data_offsets"]
+        if len(raw) != hi - lo:
+            raise ValueError(f"{src}: {name} holds {hi - lo} bytes, not {len(raw)}")
+        patches.append((lo, raw))
     raw = json.dumps(header, separators=(",", ":")).encode()
     raw += b" " * (-len(raw) % 8)
-    start, size = _data_start(src), src.stat().st_size
     tmp = dst.with_name(f".{dst.name}.tmp")
-    with src.open("rb") as fin, tmp.open("wb") as fout:
-        fout.write(struct.pack("<Q", len(raw)) + raw)
-        fout.flush()
-        left, off = size - start, start
-        while left > 0:
-            n = os.copy_file_range(fin.fileno(), fout.fileno(), left, off) if hasattr(os, "copy_file_range") else 0
-            if n <= 0:  # no kernel copy here: a buffered one
-                fin.seek(off)
-                shutil.copyfileobj(fin, fout, 1 << 24)
-                break
-            left, off = left - n, off + n
-    patch_values(tmp, values)
+    with _Sha256Stream() as h_dst, _Sha256Stream() as h_src:
+        with src.open("rb") as fin, tmp.open("wb") as fout:
+            head = fin.read(_data_start(src))
+            if hash_source:
+                h_src.feed([head])
+            fout.write(struct.pack("<Q", len(raw)) + raw)
+            h_dst.feed([struct.pack("<Q", len(raw)) + raw])
+            _stream_patched(fin, fout, sorted(patches, key=lambda p: p[0]), h_dst, h_src if hash_source else None)
+        digests = h_dst.hexdigest(), h_src.hexdigest()
     os.replace(tmp, dst)
+    remember_sha256(dst, digests[0])
+    if hash_source:
+        remember_sha256(src, digests[1])
+
+
+_CHUNK = 1 << 24
+
+
+def _stream_patched(fin, fout, patches: list[tuple[int, bytes]], h_dst: "_Sha256Stream",
+                    h_src: "_Sha256Stream | None") -> None:
+    """Copy the data section chunk by chunk, `patches` (data offset, new bytes; sorted, disjoint)
+    written over the read bytes; the hashers get the written chunk and the read one (the
+    untouched parts of the buffer plus the patched ranges' original bytes)."""
+    pos = first = 0
+    while True:
+        buf = bytearray(_CHUNK)
+        n = fin.readinto(buf)
+        if not n:
+            return
+        view, end = memoryview(buf)[:n], pos + n
+        src_parts, cut, j = [], 0, first
+        while j < len(patches) and patches[j][0] < end:
+            off, new = patches[j]
+            lo, hi = max(off, pos) - pos, min(off + len(new), end) - pos
+            if lo < hi:
+                src_parts += [view[cut:lo], bytes(view[lo:hi])]
+                view[lo:hi] = new[lo + pos - off:hi + pos - off]
+                cut = hi
+            j += 1
+        while first < len(patches) and patches[first][0] + len(patches[first][1]) <= end:
+            first += 1
+        fout.write(view)
+        h_dst.feed([view])
+        if h_src is not None:
+            h_src.feed(src_parts + [view[cut:]])
+        pos = end
+
+
+class _Sha256Stream:
+    """sha256 computed in a worker thread over pieces fed in order; at most a few chunks in
+    flight, so memory stays bounded when hashing is slower than the copy."""
+
+    def __init__(self, in_flight: int = 4):
+        import collections
+        import hashlib
+        from concurrent.futures import ThreadPoolExecutor
+
+        self._h, self._max = hashlib.sha256(), in_flight
+        self._pool, self._pending = ThreadPoolExecutor(max_workers=1), collections.deque()
+
+    def feed(self, pieces: list) -> None:
+        self._pending.append(self._pool.submit(lambda: [self._h.update(p) for p in pieces]))
+        while len(self._pending) > self._max:
+            self._pending.popleft().result()
+
+    def hexdigest(self) -> str:
+        while self._pending:
+            self._pending.popleft().result()
+        return self._h.hexdigest()
+
+    def __enter__(self) -> "_Sha256Stream":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._pool.shutdown(wait=True, cancel_futures=True)

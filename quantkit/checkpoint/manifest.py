@@ -11,14 +11,39 @@ from pathlib import Path
 from typing import Any
 
 __all__ = ["MANIFEST", "sha256_file", "file_hashes", "content_hash", "tool_versions", "numerics", "cpu_model", "write_manifest",
-           "read_manifest"]
+           "read_manifest", "remember_sha256", "forget_sha256"]
 
 MANIFEST = "quantkit.json"
 _VERSIONED = ("quantkit", "torch", "transformers", "nvidia-modelopt", "llmcompressor", "compressed-tensors",
               "safetensors", "accelerate")
 
 
+# sha256 of files this process wrote or read whole (a conversion hashes the bytes as it copies
+# them), keyed by path and the stat that changes with any rewrite: a manifest written later need
+# not read gigabytes again. In-place writers call forget_sha256 (an mtime tick can hide an edit).
+_KNOWN: dict[tuple, str] = {}
+
+
+def _stat_key(path: Path) -> tuple:
+    st = Path(path).stat()
+    return (str(Path(path).resolve()), st.st_size, st.st_mtime_ns, st.st_ino, st.st_dev)
+
+
+def remember_sha256(path: Path, digest: str) -> None:
+    """Record the sha256 of `path` as it is now (its writer computed it while writing)."""
+    _KNOWN[_stat_key(path)] = digest
+
+
+def forget_sha256(path: Path) -> None:
+    resolved = str(Path(path).resolve())
+    for key in [k for k in _KNOWN if k[0] == resolved]:
+        del _KNOWN[key]
+
+
 def sha256_file(path: Path, chunk: int = 1 << 22) -> str:
+    known = _KNOWN.get(_stat_key(path))
+    if known is not None:
+        return known
     h = hashlib.sha256()
     with path.open("rb") as f:
         while block := f.read(chunk):
@@ -27,9 +52,15 @@ def sha256_file(path: Path, chunk: int = 1 << 22) -> str:
 
 
 def file_hashes(ckpt: Path) -> dict[str, str]:
-    """sha256 of every file in the checkpoint except the manifest itself, by relative path."""
-    return {str(p.relative_to(ckpt)): sha256_file(p)
-            for p in sorted(ckpt.rglob("*")) if p.is_file() and p.name != MANIFEST}
+    """sha256 of every file in the checkpoint except the manifest itself, by relative path; the
+    files hashed in parallel (hashlib releases the GIL)."""
+    import os
+    from concurrent.futures import ThreadPoolExecutor
+
+    files = [p for p in sorted(ckpt.rglob("*")) if p.is_file() and p.name != MANIFEST]
+    with ThreadPoolExecutor(max_workers=max(1, min(8, os.cpu_count() or 1, len(files)))) as pool:
+        digests = list(pool.map(sha256_file, files))
+    return {str(p.relative_to(ckpt)): d for p, d in zip(files, digests)}
 
 
 def content_hash(hashes: dict[str, str]) -> str:

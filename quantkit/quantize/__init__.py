@@ -64,7 +64,8 @@ def _calibrate_once(ctx: Context, primary: str, mode: str, config) -> list[Varia
                       "conversion (--calibrate-each: every library calibrates its own)")
     out = ctx.outs.get(primary) or ctx.base_out.parent / f".{ctx.base_out.name}.calibrated-{get_format(primary).dir_name}"
     one = Context(ctx.recipe, ctx.opts, [primary], {primary: ctx.backends[primary]}, {primary: out}, ctx.base_out,
-                  ctx.local, ctx.preflight, ctx.reporter, ctx.t0, stable_scales=True)
+                  ctx.local, ctx.preflight, ctx.reporter, ctx.t0, stable_scales=True,
+                  defer_manifest=primary not in ctx.outs)
     if primary not in ctx.outs:
         one.opts = replace(ctx.opts, overwrite=True)  # our own hidden directory, left by a crashed run at most
     try:

@@ -37,6 +37,9 @@ class Context:
     reporter: Reporter
     t0: float
     stable_scales: bool = False  # per-tensor scales made reciprocal-stable (other formats convert from it)
+    # a hidden calibrated checkpoint that only feeds conversions: its manifest is written after the
+    # first conversion, which hashes its files as it reads them (no second pass over gigabytes)
+    defer_manifest: bool = False
     plans: dict = field(default_factory=dict)  # format -> Plan, once planned
 
     def resolved_recipe(self) -> dict:
@@ -153,7 +156,7 @@ def _manifest(ctx: Context, tmp: Path, fmt: str, plan: Any, calib: Any, report: 
     from quantkit.checkpoint.manifest import numerics, write_manifest
 
     recipe = ctx.recipe
-    return write_manifest(tmp, {
+    body = {
         "format": fmt, "backend": ctx.backends[fmt].name, "scheme": recipe.scheme,
         "backend_config": native_config,
         "source": {"model": recipe.model.source, "revision": recipe.model.revision, "local_path": str(ctx.local)},
@@ -166,7 +169,8 @@ def _manifest(ctx: Context, tmp: Path, fmt: str, plan: Any, calib: Any, report: 
         "verification": report.to_dict(),
         "run": {"timings_s": timings, "peak_rss_bytes": _peak_rss(), **_gpu_stats(), "numerics": numerics(),
                 "wall_s": round(time.perf_counter() - t_start, 3), "preflight": ctx.preflight, **(run_extra or {})},
-    })
+    }
+    return body if ctx.defer_manifest else write_manifest(tmp, body)
 
 
 def _peak_rss() -> int:
@@ -200,9 +204,10 @@ def converted_variant(ctx: Context, primary: VariantResult, fmt: str) -> Variant
     plan = dataclasses.replace(ctx.plans[primary.format], backend=backend_for_format(fmt))
     ctx.reporter.stage(f"convert [{primary.format} -> {fmt}]", "same FP4 codes and scales, no second calibration")
     t_start, timings = time.perf_counter(), {}
+    deferred = "content_hash" not in primary.manifest  # ctx.defer_manifest: written below, hashes known
     with atomic_dir(ctx.outs[fmt], overwrite=ctx.opts.overwrite) as tmp:
         with timed(timings, "convert"):
-            modules, inexact = convert_tensors(primary.path, tmp, src, dst)
+            modules, inexact = convert_tensors(primary.path, tmp, src, dst, hash_source=deferred)
             exact, patterns = metadata_lists(primary.path, src)
             kept = [d.module.name for d in plan.kept if d.module.kind in ("linear", "experts") and d.precision == "bf16"]
             used = {d.rule for d in plan.kept if d.rule}
@@ -213,6 +218,10 @@ def converted_variant(ctx: Context, primary: VariantResult, fmt: str) -> Variant
                                     hint="a quantkit bug: the source was made reciprocal-stable; run with --debug and report it")
         with timed(timings, "verify"):
             report = verify_checkpoint(tmp, plan, fmt, source=ctx.local)
+        from quantkit.checkpoint.manifest import write_manifest
+
+        if deferred:
+            primary.manifest = write_manifest(primary.path, primary.manifest)
         body = {**primary.manifest, "format": fmt, "verification": report.to_dict(),
                 "converted_from": {"format": primary.format, "content_hash": primary.manifest.get("content_hash")},
                 "conversion": {"nvfp4_linears": modules, "inexact_scales": inexact},
@@ -220,8 +229,6 @@ def converted_variant(ctx: Context, primary: VariantResult, fmt: str) -> Variant
                         "wall_s": round(time.perf_counter() - t_start, 3)}}
         for k in ("schema", "created", "versions", "files", "content_hash"):
             body.pop(k, None)
-        from quantkit.checkpoint.manifest import write_manifest
-
         manifest = write_manifest(tmp, body)
         return VariantResult(fmt, primary.backend, ctx.outs[fmt], manifest, timings, _peak_rss(),
                              report.fp4_modules, len(plan.kept), _dir_bytes(tmp), plan.source_bytes)
