@@ -36,9 +36,10 @@ def load_model(local: Path, recipe: Recipe, reporter: Reporter, nproc: int = 1):
             budget = {i: int(torch.cuda.mem_get_info(i)[0] * 0.85) for i in range(nproc)}
             model = cls.from_pretrained(str(local), dtype=torch.bfloat16, trust_remote_code=trc,
                                         device_map="balanced", max_memory=budget).eval()
+        elif torch.cuda.is_available():  # straight onto the GPU: no BF16 copy of the model in host memory first
+            model = cls.from_pretrained(str(local), dtype=torch.bfloat16, trust_remote_code=trc, device_map="cuda").eval()
         else:
-            device = "cuda" if torch.cuda.is_available() else "cpu"
-            model = cls.from_pretrained(str(local), dtype=torch.bfloat16, trust_remote_code=trc).to(device).eval()
+            model = cls.from_pretrained(str(local), dtype=torch.bfloat16, trust_remote_code=trc).eval()
         tok = tok_future.result()
     return config, model, tok
 
