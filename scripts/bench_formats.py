@@ -8,6 +8,7 @@ to $OUT/bench_formats-<model>.json (device) or bench/formats-<model>.json (here)
   python scripts/bench_formats.py --model smollm2 --samples 32 --seq-len 256      # CPU, embedded SmolLM2-135M
   python scripts/bench_formats.py --model dense --samples 256 --seq-len 1024      # GPU: random 7.2B Llama
   python scripts/bench_formats.py --model moe --samples 64 --seq-len 1024         # GPU: Qwen3-Next shape, 4 of 48 layers
+  python scripts/bench_formats.py --model dense --runs ct@base,ct,raw --base /tmp/base  # before/after, same bytes?
 """
 
 from __future__ import annotations
@@ -83,22 +84,32 @@ def _source(kind: str, tmp: Path) -> Path:
     return src
 
 
-def _quantkit(recipe: Path, out: Path, args: list[str]) -> dict:
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO)] + [x for x in [os.environ.get("PYTHONPATH")] if x])}
+def _quantkit(recipe: Path, out: Path, args: list[str], code: Path = REPO) -> dict:
+    """One `quantkit quantize` process (the quantkit in `code`: this checkout, or --base): wall
+    time, each variant's manifest timings and content hash, and when each stage line appeared
+    (seconds from the process start: the first one is the imports, wall minus `wrote` the exit)."""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(code)] + [x for x in [os.environ.get("PYTHONPATH")] if x])}
     t = time.perf_counter()
-    q = subprocess.run([sys.executable, "-m", "quantkit", "quantize", str(recipe), "--out", str(out), *args],
-                       capture_output=True, text=True, cwd=REPO, env=env)
+    q = subprocess.Popen([sys.executable, "-m", "quantkit", "quantize", str(recipe), "--out", str(out), *args],
+                         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=code, env=env)
+    stages, tail = [], []
+    for line in q.stdout:
+        tail = (tail + [line])[-40:]
+        if line.startswith(("> ", "wrote ")):
+            stages.append([round(time.perf_counter() - t, 2), line.strip()[:90]])
+    q.wait()
     wall = time.perf_counter() - t
     if q.returncode:
-        print(q.stderr[-3000:], file=sys.stderr)
+        print("".join(tail), file=sys.stderr)
     runs = {}
     for m in [out / "quantkit.json", *out.glob("*/quantkit.json")]:
         if m.is_file():
             man = json.loads(m.read_text())
             runs[man["format"]] = {"backend": man.get("backend"), "timings": man["run"]["timings_s"],
-                                   "converted": bool(man.get("converted_from"))}
+                                   "converted": bool(man.get("converted_from")), "content_hash": man.get("content_hash"),
+                                   "files": man.get("files")}
     shutil.rmtree(out, ignore_errors=True)
-    return {"wall_s": round(wall, 2), "exit": q.returncode, "variants": runs}
+    return {"wall_s": round(wall, 2), "exit": q.returncode, "variants": runs, "stages": stages}
 
 
 def _raw(src: Path, out: Path, ids: Path, kind: str) -> dict:
@@ -119,7 +130,10 @@ def main() -> int:
     ap.add_argument("--samples", type=int, default=32)
     ap.add_argument("--seq-len", type=int, default=256)
     ap.add_argument("--dataset", default=None, help="calibration spec (default: bundled-en on CPU, random-tokens on GPU)")
-    ap.add_argument("--runs", default="raw,modelopt,ct,both,each")
+    ap.add_argument("--runs", default="raw,modelopt,ct,both,each",
+                    help="comma-separated; a quantkit run with @base runs the quantkit in --base")
+    ap.add_argument("--base", type=Path, default=None, help="another quantkit checkout (say `git worktree add "
+                    "/tmp/base HEAD~3`) for before/after runs such as ct@base, same source and tokens")
     a = ap.parse_args()
     import torch
 
@@ -140,19 +154,28 @@ def main() -> int:
             "both": ["--format", "both"], "each": ["--format", "both", "--calibrate-each"]}
     rows = {}
     for run in a.runs.split(","):
-        rows[run] = _raw(src, tmp / "raw", ids, a.model) if run == "raw" else _quantkit(recipe, tmp / run, args[run])
+        kind, _, base = run.partition("@")
+        code = a.base.resolve() if base else REPO
+        rows[run] = _raw(src, tmp / "raw", ids, a.model) if run == "raw" else _quantkit(recipe, tmp / run, args[kind], code)
         print(run, json.dumps(rows[run]), flush=True)
     wall = {k: v["wall_s"] for k, v in rows.items() if not v["exit"]}
     ratios = {"both / modelopt": _ratio(wall, "both", "modelopt"), "ct / raw llm-compressor": _ratio(wall, "ct", "raw"),
-              "each / modelopt": _ratio(wall, "each", "modelopt"), "both / each": _ratio(wall, "both", "each")}
+              "each / modelopt": _ratio(wall, "each", "modelopt"), "both / each": _ratio(wall, "both", "each"),
+              "ct / ct@base": _ratio(wall, "ct", "ct@base")}
+    same = {r: _same_bytes(rows[r], rows[r.partition("@")[0]]) for r in rows if "@" in r and r.partition("@")[0] in rows}
     result = {"machine": describe(machine(torch_info=True)), "model": a.model, "dataset": dataset, "samples": len(calib.input_ids),
-              "tokens": calib.tokens, "runs": rows, "ratios": ratios}
+              "tokens": calib.tokens, "runs": rows, "ratios": ratios, "same_files_as_base": same}
     print(json.dumps(ratios, indent=1))
     dest = Path(os.environ["OUT"]) if os.environ.get("OUT") else REPO / "bench"
     dest.mkdir(exist_ok=True)
     (dest / f"formats-{a.model}.json").write_text(json.dumps(result, indent=1))
     shutil.rmtree(tmp, ignore_errors=True)
     return 0 if all(not v["exit"] for v in rows.values()) else 1
+
+
+def _same_bytes(x: dict, y: dict) -> dict:
+    """Per format: whether the two runs wrote files with the same sha256 (the manifest itself aside)."""
+    return {f: v.get("files") == y["variants"].get(f, {}).get("files") for f, v in x.get("variants", {}).items()}
 
 
 def _ratio(wall: dict, a: str, b: str) -> float | None:
