@@ -127,15 +127,25 @@ def test_the_cases_of_issue_12_are_in_the_corpus(corpus):
     assert got == CASES_OF_THE_ISSUE
 
 
-def test_inspect_reports_the_silent_ones(corpus):
-    """Where vLLM builds a stored-BF16 module as FP4 (the checkpoint that loads and prints
-    garbage), inspect says so with an error, on every such case."""
+def test_inspect_errors_name_exactly_the_modules_vllm_misloads(corpus):
+    """Every corpus checkpoint stores BF16 weights, so a module vLLM builds quantized (or refuses)
+    is one that loads as garbage or fails: inspect must name each of them in an error finding
+    (by vLLM's name or a checkpoint name) and name none that vLLM loads right."""
     root, oracle = corpus
-    silent = [c for c, o in oracle.items() if any(d == "fp4" for d in o["modules"].values())]
-    for case in silent:  # every stored weight in the corpus is BF16
-        r = inspect_checkpoint(str(root / case))
-        codes = {f.code for f in r.errors}
-        assert codes & {"undeclared-bf16", "engine-name-uncovered", "metadata-files-disagree"}, (case, codes)
+    engine_codes = {"undeclared-bf16", "engine-name-uncovered", "fused-parts-disagree", "excluded-but-quantized",
+                    "metadata-files-disagree"}
+    silent, false = [], []
+    for case, o in sorted(oracle.items()):
+        view = vllm_view_of_dir(root / case)
+        flagged = {m for f in inspect_checkpoint(str(root / case)).errors if f.code in engine_codes for m in f.modules}
+        for name, d in _decisions(o["modules"]).items():
+            m = view.modules[name]
+            hit = bool({name, *m.parts} & flagged)
+            if d != "bf16" and not hit:
+                silent.append((case, name))
+            elif d == "bf16" and hit:
+                false.append((case, name))
+    assert not silent and not false, (silent[:5], false[:5])
 
 
 def test_fix_makes_every_case_load_as_stored_in_vllm(corpus, tmp_path):

@@ -100,7 +100,7 @@ def vllm_findings(view: VllmView, stored: dict[str, StoredModule], tensors: dict
             refused.append((name, d[len("error: "):]))
         elif len(precs) > 1:
             mixed.append(name)
-        elif d == QUANTIZED and precs and precs <= _FLOAT:
+        elif d == QUANTIZED and (precs <= _FLOAT if precs else not m.parts):  # no parts: a tied lm_head
             as_fp4.append((name, m))
         elif d == BF16 and precs & {"fp4", "fp8"}:
             packed_unq += [p for p in m.parts if p in stored and stored[p].precision in ("fp4", "fp8")]
