@@ -569,3 +569,15 @@ def test_fix_bad_input(tmp_path):
     assert main(["inspect", "org/model", "--fix", "--out", str(tmp_path / "o")]) == 3  # Hub ids: download first
     assert main(["inspect", str(path), "--out", str(tmp_path / "o")]) == 3  # --out without --fix
     assert not (tmp_path / "o").exists()
+
+
+def test_modelopt_lists_differing_harmlessly_for_vllm_warn_for_other_engines(tmp_path):
+    c = llama("modelopt")
+    path = c.save(tmp_path / "h", LLAMA, ["lm_head"])
+    cfg = json.loads((path / "config.json").read_text())
+    cfg["quantization_config"]["ignore"] = ["lm_head", "model.layers.9.mlp.down_proj"]
+    (path / "config.json").write_text(json.dumps(cfg))
+    r = inspect_checkpoint(path)
+    f = next(f for f in r.warnings if f.code == "metadata-files-disagree")
+    assert "SGLang" in f.message and f.modules == ["model.layers.9.mlp.down_proj"]
+    assert "metadata-files-disagree" not in errors(r)

@@ -111,7 +111,25 @@ def vllm_findings(view: VllmView, stored: dict[str, StoredModule], tensors: dict
         out.append(Finding.of("excluded-but-quantized", f"{len(packed_unq)} module(s) {eng} builds unquantized are "
                               f"stored {stored[m0].precision.upper()} (e.g. {m0})", packed_unq))
     out += _older_engine_findings(view, declared)
+    if not any(f.code == "metadata-files-disagree" for f in out):
+        out += _files_disagree_warning(view, declared)
     return out
+
+
+def _files_disagree_warning(view: VllmView, declared: Declared) -> list[Finding]:
+    """ModelOpt's two lists differ, harmlessly for vLLM 0.32 (it reads config.json's): engines that
+    read hf_quant_config.json (SGLang's ModelOpt loader, vLLM before config.json carried `ignore`)
+    decide from the other list."""
+    hfq = ((declared.info.hf_quant_config or {}).get("quantization") or {}).get("exclude_modules")
+    if view.source != "config.json" or hfq is None or set(hfq) == set(view.read_entries):
+        return []
+    only_hfq = sorted(set(hfq) - set(view.read_entries))
+    only_cfg = sorted(set(view.read_entries) - set(hfq))
+    return [Finding.of("metadata-files-disagree", f"hf_quant_config.json's exclude_modules and config.json's ignore "
+                       f"differ ({len(only_hfq)} entries only in the first, {len(only_cfg)} only in the second, e.g. "
+                       f"{(only_hfq or only_cfg)[0]!r}); vLLM {VLLM_VERSION} reads config.json and loads it as "
+                       "stored; engines that read hf_quant_config.json (SGLang) may not", only_hfq + only_cfg,
+                       severity="warning")]
 
 
 def _refusal_findings(refused, mixed, view, stored, declared, eng) -> list[Finding]:

@@ -26,18 +26,20 @@ CATALOGUE: dict[str, tuple[str, str, str, str]] = {
         "vLLM issue 45102 / PR 45132 (router and lm_head exported FP4 while excluded)"),
     "undeclared-bf16": (
         "error",
-        "a BF16 linear that the metadata does not declare unquantized is built as FP4 by the engine, "
-        "which then loads BF16 weights into FP4 parameters: a size-mismatch load error or silent garbage",
+        "a BF16 linear (or a tied lm_head) that the metadata does not declare unquantized is built as FP4 "
+        "by the engine, which then loads BF16 weights into FP4 parameters: a size-mismatch load error or "
+        "silent garbage",
         "add these modules to `ignore` (compressed-tensors) / `exclude_modules` (ModelOpt); "
         "`quantkit quantize` writes them itself",
         "ModelOpt PR 1858 (NVBug 5718750: BF16 routers missing from exclude_modules)"),
     "engine-name-uncovered": (
         "error",
-        "the ignore list names the split GDN projections stored in the file, but vLLM builds fused "
-        "`in_proj_qkvz` / `in_proj_ba` modules and matches those names: the BF16 weights are loaded "
-        "as if quantized and every completion is garbage",
-        "cover the fused names too, e.g. `re:.*linear_attn.*` (compressed-tensors) or "
-        "`*linear_attn*` (ModelOpt)",
+        "the ignore list names these BF16 modules under the checkpoint's names, but vLLM matches the "
+        "modules it builds under its own names (fused `qkv_proj` / `in_proj_qkvz`, `language_model.model.*`, "
+        "`model.*` for `backbone.*`; regexes are not renamed, wildcards only at the start): the BF16 "
+        "weights are loaded as if quantized and every completion is garbage",
+        "`quantkit inspect --fix`, or cover the names vLLM builds, e.g. `re:.*linear_attn.*` "
+        "(compressed-tensors) or `*linear_attn*` (ModelOpt)",
         "vLLM issue 40252"),
     "metadata-files-disagree": (
         "error",
