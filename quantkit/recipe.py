@@ -87,6 +87,13 @@ class Calibration(_Strict):
     # auto: 1 on CPU; on a GPU up to 64k tokens (64 samples) per forward, halved on out-of-memory
     # (measured on an H200, 7.2B Llama, 256 x 1024: batch 8 -> 11.8 s, 32 -> 9.7 s, 64 -> 9.2 s).
     batch_size: int | Literal["auto"] = "auto"
+    # MoE: which experts each calibration token reaches (quantkit.calib_health.MOE_MODES). routed:
+    # the router's top-k only, as served; all-experts: every expert sees every token (the routed output
+    # is unchanged); auto: the library's own default (llm-compressor 0.14: all-experts, ModelOpt 0.47: routed).
+    moe: Literal["auto", "routed", "all-experts"] = "auto"
+    # experts routed fewer calibration tokens than this are flagged in the manifest's calibration_health
+    # (default 16, one NVFP4 block: the reason is quantkit.calib_health.THRESHOLD_REASON); 0 turns it off
+    min_expert_tokens: int = Field(16, ge=0)
 
     @field_validator("batch_size")
     @classmethod

@@ -35,6 +35,7 @@ class Backend(Protocol):
     algorithms: dict[str, str]  # calibration algorithm -> "any" | "cuda"
     quantizes: dict[str, bool]  # module kind -> whether it quantizes it
     places_across_gpus: bool  # --nproc: one model placed across several GPUs
+    moe_default: str  # calibration.moe `auto`: the library's own default (routed | all-experts)
 
     def finish_metadata(self, out_dir: Path, plan: Any) -> None:
         """Metadata to add to a checkpoint assembled outside the library (layerwise mode)."""
@@ -44,6 +45,7 @@ class Backend(Protocol):
 
     def quantize(self, model: Any, tokenizer: Any, plan: Any, calib: Any, scheme: str, out_dir: Path,
                  progress: Callable[[str, int, int], None] | None = None, kv_cache: str = "none",
-                 algorithm: str = "minmax") -> BackendResult:
+                 algorithm: str = "minmax", moe: str = "routed") -> BackendResult:
         """Quantize `model` in place per `plan` (its kept modules stay unquantized), calibrating on
-        `calib`, and write the checkpoint in the backend's format to `out_dir`."""
+        `calib`, and write the checkpoint in the backend's format to `out_dir`. `moe`: routed or
+        all-experts (quantkit.calib_health.MOE_MODES)."""

@@ -53,6 +53,18 @@ class LLMCompressorBackend:
     algorithms = {"minmax": "any", "mse": "any", "gptq": "any", "awq": "cuda"}
     quantizes = {"linear": True, "experts": True}  # module kinds (quantkit.modules) it quantizes
     places_across_gpus = False  # its sequential pipeline moves one layer at a time to the GPU
+    # MoE calibration (recipe calibration.moe): oneshot's moe_calibrate_all_experts, True by default
+    # in 0.14; it applies to every MoE it linearizes (each expert an nn.Linear with its own observers)
+    moe_default = "all-experts"
+    moe_all_experts_native = True
+
+    @staticmethod
+    def routing_paused() -> bool:
+        """True while the sequential pipeline re-runs a layer only to propagate its outputs (its
+        hooks disabled): those tokens were counted in the calibration pass (quantkit.calib_health)."""
+        from llmcompressor.modifiers.utils.hooks import HooksMixin
+
+        return bool(HooksMixin._HOOKS_DISABLED)
 
     def finish_metadata(self, out_dir: Path, plan: Any) -> None:
         """Append the plan's `re:` ignore entries to config.json (see the module docstring)."""
@@ -67,7 +79,7 @@ class LLMCompressorBackend:
 
     def quantize(self, model: Any, tokenizer: Any, plan: Any, calib: Any, scheme: str, out_dir: Path,
                  progress: Callable[[str, int, int], None] | None = None, kv_cache: str = "none",
-                 algorithm: str = "minmax") -> BackendResult:
+                 algorithm: str = "minmax", moe: str = "all-experts") -> BackendResult:
         from datasets import Dataset
         from llmcompressor import oneshot
         from llmcompressor.modifiers.quantization import QuantizationModifier
@@ -92,13 +104,14 @@ class LLMCompressorBackend:
         batch = 1
         with timed(timings, "calibrate"):
             oneshot(model=model, processor=tokenizer, dataset=ds, recipe=recipe, batch_size=batch,
-                    num_calibration_samples=len(calib.input_ids), max_seq_length=calib.seq_len)
+                    num_calibration_samples=len(calib.input_ids), max_seq_length=calib.seq_len,
+                    moe_calibrate_all_experts=moe == "all-experts")
         with timed(timings, "export"):
             model.save_pretrained(out_dir, save_compressed=True)
             _append_regex_ignores(out_dir / "config.json", [e for e in ignore if e.startswith("re:")])
         return BackendResult(self.format, timings,
                              native_config={"ignore": ignore, "scheme": _SCHEMES[scheme], "algorithm": algorithm,
-                                            "batch_size": batch,
+                                            "batch_size": batch, "moe_calibrate_all_experts": moe == "all-experts",
                                             **({"fp8_modules": plan.fp8_names()} if plan.fp8 else {})})
 
 

@@ -33,6 +33,13 @@ class ModelOptBackend:
     algorithms = {"minmax": "any", "mse": "cuda", "awq_lite": "cuda"}
     quantizes = {"linear": True, "experts": True}  # module kinds (quantkit.modules) it quantizes
     places_across_gpus = True  # --nproc: the model placed across GPUs by accelerate
+    # MoE calibration (recipe calibration.moe): routed unless asked; all-experts is ModelOpt's
+    # moe_calib_experts_ratio=1.0, a calibration-only forward with top_k = num_experts on the sparse
+    # MoE blocks it recognises (gate + experts; not e.g. Gemma-4's decoder-level router)
+    moe_default = "routed"
+    moe_all_experts_limit = ("ModelOpt 0.47 applies moe_calib_experts_ratio only to MoE blocks whose experts are a "
+                             "module list; transformers 5's fused experts are not (and share one input quantizer per "
+                             "layer), so this layer was calibrated on routed tokens")
 
     def finish_metadata(self, out_dir: Path, plan: Any) -> None:
         """Nothing to add: the export's exclude_modules already names every kept module."""
@@ -44,11 +51,15 @@ class ModelOptBackend:
             raise BackendError(f"nvidia-modelopt is not importable: {exc}",
                                hint="pip install 'nvidia-modelopt==0.47.0' (without the [hf] extra)") from exc
 
-    def quant_config(self, plan: Any, scheme: str, kv_cache: str = "none", algorithm: str = "minmax") -> dict:
+    def quant_config(self, plan: Any, scheme: str, kv_cache: str = "none", algorithm: str = "minmax",
+                     moe: str = "routed") -> dict:
         import modelopt.torch.quantization as mtq
 
         cfg = copy.deepcopy(getattr(mtq, _CONFIGS[scheme]))
         cfg["algorithm"] = _ALGORITHMS[algorithm]
+        if moe == "all-experts":
+            algo = cfg["algorithm"]
+            cfg["algorithm"] = {**(algo if isinstance(algo, dict) else {"method": algo}), "moe_calib_experts_ratio": 1.0}
         entries = cfg["quant_cfg"]
         for pattern, body in to_modelopt_disabled(plan.kept_names()).items():
             entries.append({"quantizer_name": pattern, **body})
@@ -62,12 +73,12 @@ class ModelOptBackend:
 
     def quantize(self, model: Any, tokenizer: Any, plan: Any, calib: Any, scheme: str, out_dir: Path,
                  progress: Callable[[str, int, int], None] | None = None, kv_cache: str = "none",
-                 algorithm: str = "minmax") -> BackendResult:
+                 algorithm: str = "minmax", moe: str = "routed") -> BackendResult:
         import torch
         import modelopt.torch.quantization as mtq
         from modelopt.torch.export import export_hf_checkpoint
 
-        cfg = self.quant_config(plan, scheme, kv_cache, algorithm)
+        cfg = self.quant_config(plan, scheme, kv_cache, algorithm, moe)
         device = next(model.parameters()).device
         batches = calib.batches(getattr(calib, "batch_size", 1))
         timings: dict[str, float] = {}

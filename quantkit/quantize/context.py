@@ -41,6 +41,7 @@ class Context:
     # first conversion, which hashes its files as it reads them (no second pass over gigabytes)
     defer_manifest: bool = False
     plans: dict = field(default_factory=dict)  # format -> Plan, once planned
+    health: dict = field(default_factory=dict)  # format -> calib_health.Health, once calibrated
 
     def resolved_recipe(self) -> dict:
         resolved = self.recipe.model_dump(mode="json", by_alias=True, exclude_none=True)
@@ -166,6 +167,7 @@ def _manifest(ctx: Context, tmp: Path, fmt: str, plan: Any, calib: Any, report: 
                  "kept": [{"module": d.module.name, "reason": d.reason, "source": d.source} for d in plan.kept],
                  "rules": [r.to_dict() for r in plan.rules if r.source in ("cli", "recipe")]},
         "calibration": calib.describe(),
+        **({"calibration_health": ctx.health[fmt].entry(tmp, recipe.scheme, ctx.reporter)} if fmt in ctx.health else {}),
         "verification": report.to_dict(),
         "run": {"timings_s": timings, "peak_rss_bytes": _peak_rss(), **_gpu_stats(), "numerics": numerics(),
                 "wall_s": round(time.perf_counter() - t_start, 3), "preflight": ctx.preflight, **(run_extra or {})},

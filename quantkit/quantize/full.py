@@ -8,6 +8,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from quantkit.calib_health import calibrating
 from quantkit.checkpoint.atomic import atomic_dir
 from quantkit.progress import Reporter
 from quantkit.quantize.context import Context, finish_variant, plans_and_calibration
@@ -61,8 +62,10 @@ def _one_format(ctx: Context, fmt: str, model: Any, tok: Any, plan: Any, calib: 
     ctx.reporter.stage(f"quantize [{fmt}]", f"{backend.name}: {len(plan.fp4)} FP4, {len(plan.kept)} kept")
     t_start = time.perf_counter()
     with atomic_dir(ctx.outs[fmt], overwrite=ctx.opts.overwrite) as tmp:
-        res = backend.quantize(model, tok, plan, calib, recipe.scheme, tmp, progress=ctx.reporter.advance,
-                               kv_cache=recipe.kv_cache, algorithm=recipe.calibration.algorithm_for(backend.name))
+        with calibrating(model, model.config, backend, recipe.calibration) as ctx.health[fmt]:
+            res = backend.quantize(model, tok, plan, calib, recipe.scheme, tmp, progress=ctx.reporter.advance,
+                                   kv_cache=recipe.kv_cache, algorithm=recipe.calibration.algorithm_for(backend.name),
+                                   moe=ctx.health[fmt].moe)
         devices = sorted({str(p.device) for p in model.parameters()})
         return finish_variant(ctx, tmp, fmt, plan, calib, tok, {"load": round(t_load, 3), **res.timings},
                               res.native_config, t_start, run_extra={"mode": "full", "devices": devices})
