@@ -34,6 +34,7 @@ def build_card(*, repo: str, fmt: str, manifest: dict, validation: dict | None, 
                license: str | None, family: str | None, content_hash: str, forced: bool, quantkit_version: str):
     from huggingface_hub import ModelCard, ModelCardData
 
+    from quantkit.calib_health import card_lines
     from quantkit.checkpoint.formats import get_format
 
     tags = ["nvfp4", "fp4", "quantized", get_format(fmt).hub_tag, "quantkit"]
@@ -59,6 +60,8 @@ def build_card(*, repo: str, fmt: str, manifest: dict, validation: dict | None, 
     lines += ["", "## Calibration", "",
               f"{cal.get('samples')} samples of {cal.get('dataset')} (<= {cal.get('seq_len')} tokens, seed {cal.get('seed')}, "
               f"{cal.get('tokens')} tokens; fingerprint `{str(cal.get('fingerprint'))[:23]}...`)", ""]
+    health = card_lines(manifest)
+    lines += health + ([""] if health else [])
     lines += ["## Validation", ""] + _validation_lines(validation)
     lines += ["", "## Provenance", "", f"- content hash (all files but README.md and quantkit files): `{content_hash}`",
               f"- recipe: `quantkit-recipe.yaml`; manifest with versions and per-file sha256: `quantkit.json`",

@@ -56,6 +56,7 @@ class Plan:
     unmatched: list[Rule] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
     mixed_precision: dict | None = None  # sensitivity-guided mixed precision summary (quantkit.sensitivity)
+    moe_calibration: dict | None = None  # MoE models: calibration.moe resolved, the expert threshold and its reason
 
     # ----------------------------------------------------------------- views
     @property
@@ -116,6 +117,7 @@ class Plan:
             "unmatched_rules": [r.to_dict() for r in self.unmatched],
             "warnings": self.warnings,
             **({"mixed_precision": self.mixed_precision} if self.mixed_precision else {}),
+            **({"moe_calibration": self.moe_calibration} if self.moe_calibration else {}),
             "groups": self.groups(),
             "modules": [d.to_dict() for d in self.decisions],
         }
@@ -191,6 +193,11 @@ def plan_recipe(recipe: Any, *, backend: str | None = None, cli_patterns: list[s
     m = recipe.model
     config = load_config(m.source, m.revision, m.trust_remote_code, config_path or m.config)
     backend = backend or backend_for_format(recipe.resolved_formats()[0])
-    return build_plan(config, model_source=m.source, backend=backend, scheme=recipe.scheme,
+    from quantkit.backends import backend_class
+    from quantkit.calib_health import moe_setting
+
+    plan = build_plan(config, model_source=m.source, backend=backend, scheme=recipe.scheme,
                       recipe_rules=recipe.patterns(), cli_patterns=list(cli_patterns),
                       family=recipe.family, strict=strict)
+    plan.moe_calibration = moe_setting(recipe.calibration, backend_class(backend), config)
+    return plan

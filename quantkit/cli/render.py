@@ -94,6 +94,11 @@ def render_plan(plan, show_all: bool = False) -> None:
         f"FP4: {s['fp4']} modules ({s['fp4_params']:,} params)   kept: {s['kept']}   "
         f"size: {human_bytes(s['source_bytes'])} -> ~{human_bytes(s['estimated_bytes'])}   "
         f"~{s['bits_per_param']:.2f} bits/param")
+    mc = d.get("moe_calibration")
+    if mc:
+        asked = "" if mc["asked"] == mc["moe"] else f" ({mc['asked']})"
+        console.print(f"MoE calibration: {mc['moe']}{asked}: {mc['why']}; experts routed < {mc['min_expert_tokens']} "
+                      f"tokens flagged in quantkit.json")
     for w in d["warnings"]:
         console.print(f"[yellow]warning:[/] {w}")
 

@@ -49,6 +49,15 @@ def _no_cyclic_gc():
             gc.enable()
 
 
+def _manifest_findings(ckpt) -> list[Finding]:
+    """Calibration health recorded by `quantkit quantize` in quantkit.json (local checkpoints)."""
+    from quantkit.calib_health import inspect_findings
+    from quantkit.checkpoint.manifest import read_manifest
+
+    where = ckpt.root or ckpt.meta_dir
+    return inspect_findings(read_manifest(where)) if where is not None else []
+
+
 def inspect_checkpoint(path_or_id: str, deep: bool = False, *, revision: str | None = None,
                        context: int | None = None, tp: int = 1) -> InspectReport:
     """Inspect a checkpoint directory or Hub id. Reads headers and metadata only unless `deep`;
@@ -91,6 +100,7 @@ def _inspect(path_or_id: str, deep: bool, revision: str | None, context: int | N
         engine_names = set(fused) | set(view.modules) | {s for m in view.modules.values() for s in m.shards}
         findings += checks.unmatched_findings(info, modules, engine_names, declared)
         findings += tp_findings(modules, ckpt.tensors, tp)
+        findings += _manifest_findings(ckpt)
     read = 0
     if deep:
         from quantkit.inspect.deep import deep_findings

@@ -126,6 +126,22 @@ CATALOGUE: dict[str, tuple[str, str, str, str]] = {
         "or a stale name, and whatever it meant to keep out is not kept out",
         "fix or remove the entry (ignore it if it names a module class rather than a module)",
         "compressed-tensors utils/match.py warns on targets that match nothing"),
+    "starved-experts": (
+        "warning",
+        "quantkit's manifest records MoE experts that the router sent fewer calibration tokens than the "
+        "recipe's calibration.min_expert_tokens, and that were calibrated on those tokens only: their "
+        "activation scales come from too few (or no) tokens of their own, so prompts that reach them can "
+        "clip, or give NaN where a scale is missing or infinite",
+        "quantize again with calibration.moe: all-experts (llm-compressor; ModelOpt 0.47 does not apply it "
+        "to transformers 5's fused experts) or more calibration.samples",
+        "vLLM issue 45212; ModelOpt PR 1421; llm-compressor PR 1864"),
+    "calibration-amax": (
+        "error",
+        "quantkit's manifest records FP4 modules whose activation amax (from the exported input scale) was "
+        "zero, not finite, or outside any calibrated BF16 activation range: an uncalibrated scale; the engine "
+        "divides by it or clips every activation of the layer",
+        "quantize again with calibration.moe: all-experts or more samples; check calibration reached the layer",
+        "vLLM issue 45212; compressed-tensors initialises input_global_scale with torch.empty"),
     "unknown-format": (
         "warning", "the quantization metadata names a method inspect does not know; only generic checks ran",
         "check the producer's documentation for how engines load it", "-"),
