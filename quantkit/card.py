@@ -69,6 +69,24 @@ def build_card(*, repo: str, fmt: str, manifest: dict, validation: dict | None, 
     return ModelCard(f"---\n{data.to_yaml()}\n---\n\n" + "\n".join(lines))
 
 
+_LOCAL = {"--model", "--model-path", "--served-model-name", "--host", "--port"}
+
+
+def _flags(argv: list[str]) -> list[str]:
+    """The engine's serving flags without this machine's paths, host and port."""
+    start = next((i for i, a in enumerate(argv) if a.startswith("--")), len(argv))
+    out, skip = [], False
+    for a in argv[start:]:
+        if skip:
+            skip = False
+            continue
+        if a in _LOCAL:
+            skip = True
+            continue
+        out.append(a)
+    return out
+
+
 def _validation_lines(validation: dict | None) -> list[str]:
     """The validation section: verdict, engine and kernel, perplexity vs baseline, every check
     with its margin, the greedy probes."""
@@ -81,10 +99,13 @@ def _validation_lines(validation: dict | None) -> list[str]:
     ppl = v.get("perplexity") or {}
     base = v.get("baseline") or {}
     facts = (v.get("logscan") or {}).get("facts", {})
-    lines += [f"Verdict **{v['verdict'].upper()}** with engine `{v['engine']}` "
+    served = f" served as `{v['config']}`" if v.get("config") else ""
+    lines += [f"Verdict **{v['verdict'].upper()}** with engine `{v['engine']}`{served} "
               f"(vLLM {', '.join(facts.get('vllm_version', ['?']))}; NVFP4 kernel "
               f"{', '.join(facts.get('nvfp4_linear_kernel', ['?']))}), suite `{validation.get('suite')}`, "
               f"{validation.get('created')}."]
+    if v.get("engine_command"):
+        lines.append(f"Engine flags it passed with: `{' '.join(_flags(v['engine_command']))}`.")
     if ppl:
         lines.append(f"Reference perplexity {ppl.get('perplexity'):.2f}" +
                      (f" (BF16 baseline {base['perplexity']:.2f})" if base.get("perplexity") else "") + ".")

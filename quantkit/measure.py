@@ -20,6 +20,7 @@ from quantkit.probes.knowledge import chance, score_bank
 from quantkit.probes.logscan import scan_log
 from quantkit.probes.longgen import generate, repetition_rate, surprise
 from quantkit.probes.perplexity import engine_perplexity
+from quantkit.probes.structured import run_structured
 from quantkit.probes.suites import Suite, run_probes
 from quantkit.progress import SILENT, Reporter
 from quantkit.report import Verdict
@@ -42,6 +43,7 @@ class ServeSpec:
     max_model_len: int = 2048
     moe_marlin: bool = False
     extra_args: tuple[str, ...] = ()
+    config: str | None = None  # a named deployment configuration of the profile (compiled, tp2, a kernel)
 
     def server(self, path: Path | None, fmt: str, log: Path) -> EngineServer | None:
         if self.profile.is_endpoint:
@@ -52,8 +54,8 @@ class ServeSpec:
         argv = self.profile.argv(model=path, name=SERVED_NAME, port=port, max_model_len=self.max_model_len,
                                  fmt=fmt if fmt in FORMATS else None,
                                  python=engine_python(self.profile, self.engine_python),
-                                 extra=list(self.extra_args), moe_marlin=self.moe_marlin)
-        return EngineServer(argv, self.profile.environment(), log, port, ready_timeout=self.timeout)
+                                 extra=list(self.extra_args), moe_marlin=self.moe_marlin, config=self.config)
+        return EngineServer(argv, self.profile.environment(self.config), log, port, ready_timeout=self.timeout)
 
 
 _ERROR_LINE = re.compile(r"(\w+(?:Error|Exception)): (.+)")
@@ -85,6 +87,9 @@ def _take(client, v: Verdict, suite: Suite, probes, score: list[tuple[str, str]]
         stages["knowledge"] = lambda: score_bank(client, bank, suite.knowledge.batch,
                                                  lambda d, t: reporter.advance("knowledge", d, t),
                                                  suite.knowledge.distractors)
+    if suite.structured:
+        stages["structured"] = lambda: run_structured(client, suite.structured.probes,
+                                                      lambda d, t: reporter.advance("structured", d, t))
     if suite.perplexity:
         stages["perplexity"] = lambda: engine_perplexity(client, suite.reference_text(), suite.perplexity.max_tokens_per_request,
                                                          suite.perplexity.block_tokens)
@@ -109,6 +114,7 @@ def _take(client, v: Verdict, suite: Suite, probes, score: list[tuple[str, str]]
                        "items": [{"id": i.id, "answer_logprob": i.answer_logprob,
                                   "best_distractor_logprob": i.best_distractor_logprob} for i in items]}
     v.perplexity = results.get("perplexity")
+    v.structured = results.get("structured")
     if "long" in results:
         v.long = [{"id": p.id, "prompt": p.prompt, "text": t, "repetition": repetition_rate(t),
                    "failures": {k: r for k, fn in LONG_DETECTORS.items() if (r := fn(t))}}

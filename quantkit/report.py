@@ -24,6 +24,7 @@ class Verdict:
     format: str
     engine: str
     role: str = "candidate"  # candidate | baseline
+    config: str | None = None  # the engine profile's deployment configuration it was served with (None: the default)
     verdict: str = "pass"  # pass | fail | refused | engine-error
     reasons: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
@@ -34,6 +35,7 @@ class Verdict:
     perplexity: dict | None = None
     knowledge: dict | None = None
     long: list[dict] | None = None
+    structured: list[dict] | None = None  # instruction / tool-call probes: answer, passed, why not
     baseline: dict | None = None  # what this verdict was judged against: target, hash, headline numbers
     logscan: dict | None = None
     engine_command: list[str] = field(default_factory=list)

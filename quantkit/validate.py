@@ -51,10 +51,13 @@ class ValidateOptions:
     log_dir: Path = Path("reports")
     skip_inspect: bool = False
     max_ppl_ratio: float | None = None  # overrides the suite's perplexity max_ratio (recipe validate.max_ppl_ratio)
+    config: str | None = None  # the profile's deployment configuration (compiled, tp2, a kernel), baseline too
 
     def serve_spec(self) -> ServeSpec:
-        return ServeSpec(get_profile(self.engine), self.url, self.engine_python, self.timeout, self.max_model_len,
-                         self.moe_marlin, tuple(self.extra_args))
+        profile = get_profile(self.engine)
+        profile.config(self.config)  # an unknown name is a usage error before anything boots
+        return ServeSpec(profile, self.url, self.engine_python, self.timeout, self.max_model_len,
+                         self.moe_marlin, tuple(self.extra_args), self.config)
 
 
 def checkpoint_hash(path: Path) -> str:
@@ -121,7 +124,7 @@ def _verdict(target: str, path: Path | None, opts: ValidateOptions, role: str = 
     return Verdict(target=target, path=str(path) if path else None,
                    content_hash=checkpoint_hash(path) if path else None,
                    format=format_of(path) if path is not None else "unknown", engine=profile.name, role=role,
-                   note=CPU_NOTE if profile.cpu_only else None)
+                   note=CPU_NOTE if profile.cpu_only else None, config=opts.config)
 
 
 def _probes(suite: Suite, path: Path | None, v: Verdict) -> list:
@@ -157,7 +160,8 @@ def _baseline(path: Path, opts: ValidateOptions, suite: Suite, pairs: list[tuple
     """The baseline's measurements and its nll/token of each (prompt, text) in `pairs`. Cached by
     content hash, suite fingerprint and engine; the engine boots only for what is not cached."""
     v = _verdict(str(path), path, opts, role="baseline")
-    stem = f"{v.content_hash.replace(':', '-')}-{suite.fingerprint()}-{opts.engine}"
+    stem = f"{v.content_hash.replace(':', '-')}-{suite.fingerprint()}-{opts.engine}" + \
+        (f"-{opts.config}" if opts.config else "")
     cache, cross_cache = cache_root() / "baselines" / f"{stem}.json", cache_root() / "baselines" / f"{stem}-cross.json"
     cross: dict[str, float | None] = json.loads(cross_cache.read_text()) if cross_cache.is_file() else {}
     missing = [p for p in pairs if _text_key(*p) not in cross]
@@ -185,7 +189,7 @@ def _write_atomic(path: Path, text: str) -> None:
 
 
 def _measurements(v: Verdict) -> dict:
-    return {"perplexity": v.perplexity, "knowledge": v.knowledge, "long": v.long}
+    return {"perplexity": v.perplexity, "knowledge": v.knowledge, "long": v.long, "structured": v.structured}
 
 
 def _finish(v: Verdict, suite: Suite, base: Verdict | None) -> None:
@@ -269,3 +273,19 @@ def rejudge(data: dict, suite: str | None = None) -> ValidationReport:
         _finish(v, s, bases.get((d.get("baseline") or {}).get("content_hash")))
         verdicts.append(v)
     return ValidationReport(verdicts, s.name, data["created"], __version__, baselines=list(bases.values()), alpha=s.alpha)
+
+
+def validate_matrix(target: str, configs: list[str], opts: ValidateOptions, reporter: Reporter = SILENT):
+    """Serve one local artefact under each configuration and compare them (`quantkit.matrix`)."""
+    from quantkit.matrix import run_matrix
+
+    path = _local(target)
+    if path is None:
+        raise UsageError("--matrix needs the checkpoint on this machine", hint="download it first, or pass a directory")
+    spec = opts.serve_spec()
+    for name in configs:
+        spec.profile.config(name)
+    if not opts.skip_inspect and (errors := _inspect_errors(path)):
+        raise UsageError(f"inspect found errors in {target}: {errors[0]}", hint="fix them, or pass --skip-inspect")
+    opts.log_dir.mkdir(parents=True, exist_ok=True)
+    return run_matrix(target, path, format_of(path), spec, configs, load_suite(opts.suite), opts.log_dir, reporter)

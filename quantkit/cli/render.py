@@ -125,3 +125,21 @@ def print_verdict(v) -> None:
             console.print(f"  [red]-[/] {r}")
     for w in v.warnings:
         console.print(f"  [yellow]-[/] {w}")
+
+
+def print_matrix(res) -> None:
+    """`validate --matrix`: one row per configuration against the reference."""
+    from rich.table import Table
+
+    t = Table(box=None, pad_edge=False, show_edge=False, title_justify="left",
+              title=f"{res.target}: configurations of {res.engine} compared (|log ppl change| <= {res.threshold})")
+    for col in ("configuration", "vs", "result", "|log ppl change|", "worst block nll/token", "greedy same", "detail"):
+        t.add_column(col, overflow="fold")
+    ref = next((r.config for r in res.runs if r.checked and r.error is None), "-")
+    t.add_row(ref, "-", "[cyan]reference[/]", "-", "-", "-", "")
+    for p in res.pairs:
+        mark = {True: "[green]agrees[/]", False: "[bold red]differs[/]", None: "[yellow]not checked[/]"}[p.passed]
+        t.add_row(p.config, p.reference, mark, "-" if p.log_ppl_change is None else f"{p.log_ppl_change:.4f}",
+                  "-" if p.max_block_nll_change is None else f"{p.max_block_nll_change:.4f}",
+                  f"{p.greedy_same}/{p.greedy_total}" if p.greedy_total else "-", p.detail)
+    console.print(t)

@@ -36,6 +36,14 @@ def register(app: typer.Typer) -> None:
         skip_inspect: Annotated[bool, typer.Option("--skip-inspect", help="boot the engine even if inspect "
                                 "finds errors")] = False,
         as_json: Annotated[bool, typer.Option("--json", help="print the JSON report")] = False,
+        config: Annotated[Optional[str], typer.Option("--config", help="serve as deployed: a named configuration of "
+                          "the engine profile (vllm-cpu: eager, compiled, emulation-kernel; vllm: compiled, tp2, "
+                          "marlin, flashinfer-cutlass), the baseline too; the report and the card record it",
+                          show_default=False)] = None,
+        matrix: Annotated[Optional[str], typer.Option("--matrix", help="comma-separated configurations to serve ONE "
+                          "artefact under and compare with each other (the first is the reference): greedy answers "
+                          "and reference-text log-likelihood; a wrong kernel path shows without a baseline",
+                          show_default=False)] = None,
     ) -> int:
         """Serve each artefact in a real engine and judge it against its BF16 baseline served by the
         same engine: hard detectors on greedy probes and long generations (blank, '!!!!!', loops,
@@ -55,6 +63,10 @@ def register(app: typer.Typer) -> None:
           quantkit validate out/x --suite validate/smoke.yaml --baseline out/x-bf16
 
           quantkit validate community/Model-NVFP4 --no-baseline
+
+          quantkit validate out/x --config compiled
+
+          quantkit validate out/x --matrix eager,compiled,emulation-kernel
         """
         import json
 
@@ -65,7 +77,21 @@ def register(app: typer.Typer) -> None:
 
         opts = ValidateOptions(engine=engine, suite=suite, baseline=baseline, no_baseline=no_baseline, url=url, engine_python=engine_python,
                                timeout=timeout, max_model_len=max_model_len, moe_marlin=moe_marlin,
-                               extra_args=engine_arg or [], log_dir=report_dir, skip_inspect=skip_inspect)
+                               extra_args=engine_arg or [], log_dir=report_dir, skip_inspect=skip_inspect, config=config)
+        if matrix is not None:
+            from quantkit.cli.render import print_matrix
+            from quantkit.validate import validate_matrix
+
+            if len(targets) != 1 or config is not None:
+                from quantkit.errors import UsageError
+
+                raise UsageError("--matrix serves one artefact under several configurations",
+                                 hint="give one target, and no --config")
+            with RichReporter() as rep:
+                res = validate_matrix(targets[0], [c.strip() for c in matrix.split(",") if c.strip()], opts, rep)
+            (report_dir / "matrix.json").write_text(json.dumps(res.to_dict(), indent=2))
+            print(json.dumps(res.to_dict(), indent=2)) if as_json else print_matrix(res)
+            return res.exit_code
         with RichReporter() as rep:
             report = run(targets, opts, rep)
         write_reports(report, report_dir / "validation.json", report_dir / "validation.md", junit)

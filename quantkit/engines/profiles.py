@@ -17,6 +17,18 @@ from quantkit.resources import data_dir
 __all__ = ["EngineProfile", "load_profiles", "get_profile", "engine_python"]
 
 
+class DeployConfig(BaseModel):
+    """One way of serving an artefact (`validate --config`, `validate --matrix`): flags dropped from
+    and added to the profile's command, environment added, and why it matters."""
+
+    model_config = ConfigDict(extra="forbid")
+    why: str
+    drop: list[str] = []  # flags (a flag and its value: give both) removed from the command
+    add: list[str] = []
+    env: dict[str, str] = {}
+    gpus: int = 0  # GPUs the configuration needs (TP); 0: runs wherever the profile runs
+
+
 class EngineProfile(BaseModel):
     """One engine. `name` is its key in the file, filled in by `load_profiles`."""
 
@@ -28,19 +40,31 @@ class EngineProfile(BaseModel):
     quant_flags: dict[str, list[str]] = {}
     moe_marlin_flags: list[str] = []
     cpu_only: bool = False
+    configs: dict[str, DeployConfig] = {}  # named deployment configurations; the first is the default
+
+    def config(self, name: str | None) -> DeployConfig | None:
+        if name is None:
+            return None
+        if name not in self.configs:
+            known = ", ".join(self.configs) or "none"
+            raise UsageError(f"engine {self.name} has no configuration {name!r}; known: {known}",
+                             hint="see validate/engines.yaml (configs:)")
+        return self.configs[name]
 
     @property
     def is_endpoint(self) -> bool:
         return not self.command
 
-    def environment(self) -> dict[str, str]:
-        """`env` with {cpus} replaced by the CPUs this process may run on (e.g. "0-1")."""
+    def environment(self, config: str | None = None) -> dict[str, str]:
+        """`env` (and the configuration's) with {cpus} replaced by the CPUs this process may run on."""
         cpus = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else list(range(os.cpu_count() or 1))
         spec = f"{cpus[0]}-{cpus[-1]}" if cpus == list(range(cpus[0], cpus[-1] + 1)) else ",".join(map(str, cpus))
-        return {k: v.replace("{cpus}", spec) for k, v in self.env.items()}
+        cfg = self.config(config)
+        env = {**self.env, **(cfg.env if cfg else {})}
+        return {k: v.replace("{cpus}", spec) for k, v in env.items()}
 
     def argv(self, *, model: Path, name: str, port: int, max_model_len: int, fmt: str | None,
-             python: str, extra: list[str] = (), moe_marlin: bool = False) -> list[str]:
+             python: str, extra: list[str] = (), moe_marlin: bool = False, config: str | None = None) -> list[str]:
         subst = {"python": python, "model": str(model), "model_dir": str(Path(model).resolve()), "name": name,
                  "port": str(port), "max_model_len": str(max_model_len)}
         argv = [part.format(**subst) for part in self.command]
@@ -50,11 +74,25 @@ class EngineProfile(BaseModel):
             if not self.moe_marlin_flags:
                 raise UsageError(f"engine {self.name} has no MoE backend option", hint="drop --moe-marlin")
             argv += self.moe_marlin_flags
+        cfg = self.config(config)
+        if cfg is not None:
+            argv = _without(argv, cfg.drop) + cfg.add
         return argv + list(extra)
 
 
 class _Profiles(RootModel[dict[str, EngineProfile]]):
     """The file's schema: engine name -> profile."""
+
+
+def _without(argv: list[str], drop: list[str]) -> list[str]:
+    """argv with the run of `drop` (a flag, or a flag and its value) removed where it occurs."""
+    if not drop:
+        return argv
+    n = len(drop)
+    for i in range(len(argv) - n + 1):
+        if argv[i:i + n] == drop:
+            return argv[:i] + argv[i + n:]
+    return argv
 
 
 def load_profiles(path: Path | None = None) -> dict[str, EngineProfile]:

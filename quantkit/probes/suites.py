@@ -17,6 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from quantkit.datafile import load_yaml_model
 from quantkit.errors import EngineError, UsageError
 from quantkit.probes.detectors import expected_answer, run_detectors
+from quantkit.probes.structured import StructuredSpec
 from quantkit.resources import data_dir
 
 __all__ = ["Probe", "Suite", "ProbeResult", "load_suite", "run_probes"]
@@ -86,6 +87,7 @@ class Suite(BaseModel):
     perplexity: PerplexitySpec | None = None
     knowledge: KnowledgeSpec | None = None
     long_generation: LongGenerationSpec | None = None
+    structured: StructuredSpec | None = None  # instruction / tool-call probes, judged against the baseline
     probes: list[Probe]
     path: str | None = None
 
@@ -106,11 +108,13 @@ class Suite(BaseModel):
     def fingerprint(self) -> str:
         """Changes when anything that decides the measurements changes (prompts, texts, the bank, how
         they are scored), not when a threshold does: a baseline measured once serves every threshold."""
-        p, k, lg = self.perplexity, self.knowledge, self.long_generation
+        p, k, lg, st = self.perplexity, self.knowledge, self.long_generation, self.structured
         decides = {"probes": [x.model_dump() for x in self.probes],
                    "perplexity": p and p.model_dump(include={"text", "max_tokens_per_request", "block_tokens"}),
                    "knowledge": k and k.model_dump(include={"bank", "distractors", "batch"}),
                    "long": lg and lg.model_dump(include={"prompts", "max_tokens"})}
+        if st:  # added after baselines were cached: suites without it keep their fingerprint
+            decides["structured"] = [x.model_dump(by_alias=True) for x in st.probes]
         h = hashlib.sha256(json.dumps(decides, sort_keys=True).encode())
         for rel in filter(None, [p and p.text, k and k.bank]):
             h.update(self._file(rel).read_bytes())

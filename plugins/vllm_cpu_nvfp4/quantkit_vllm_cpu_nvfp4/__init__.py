@@ -20,6 +20,8 @@ Installed into the vLLM environment only (it imports vLLM, never quantkit)."""
 
 from __future__ import annotations
 
+import os
+
 __all__ = ["register", "cast_to_fp4", "quant_dequant"]
 
 _REGISTERED = False
@@ -89,7 +91,10 @@ def register() -> None:
 
         def process_weights_after_loading(self, layer: torch.nn.Module) -> None:
             super().process_weights_after_loading(layer)
-            w = dequantize_to_dtype(layer.weight.data.view(torch.uint8), layer.weight_scale.data,
+            packed = layer.weight.data.view(torch.uint8)
+            if os.environ.get("QUANTKIT_CPU_NVFP4_FAULT") == "nibble-order":  # test instrumentation only
+                packed = ((packed & 0x0F) << 4) | (packed >> 4)
+            w = dequantize_to_dtype(packed, layer.weight_scale.data,
                                     layer.weight_global_scale, torch.bfloat16, 16, swizzle=False)
             layer.quantkit_w_dq = w.contiguous()
             layer.quantkit_inv_gs = get_reciprocal(layer.input_global_scale_inv)
