@@ -182,26 +182,28 @@ def _long_checks(spec, cand, base) -> list[Check]:
 
 
 def _structured_checks(spec, cand, base) -> list[Check]:
-    """Instruction / tool-call probes the baseline answers right that the candidate no longer does."""
+    """Of the instruction / tool-call probes the baseline answers right, the fraction the candidate
+    still answers right."""
     got = cand.get("structured")
     if not got:
         return []
     mine = {r["id"]: r for r in got}
     theirs = {r["id"]: r for r in (base or {}).get("structured") or []}
     if not theirs:
-        return [Check("structured-retained", None, why=spec.why_max_lost,
+        return [Check("structured-retained", None, why=spec.why_min_retained,
                       detail=f"no baseline; {sum(r['passed'] for r in got)} of {len(got)} probes answered right")]
     informative = [i for i, r in theirs.items() if r["passed"] and i in mine]
     if not informative:
-        return [Check("structured-retained", None, why=spec.why_max_lost,
+        return [Check("structured-retained", None, why=spec.why_min_retained,
                       detail="the baseline answers none of these probes right: not informative for this model")]
     lost = [i for i in informative if not mine[i]["passed"]]
     gained = [i for i, r in mine.items() if r["passed"] and not theirs.get(i, {}).get("passed")]
+    value = round(1 - len(lost) / len(informative), 4)
     why_lost = "; ".join(f"{i}: {mine[i]['why']}" for i in lost[:3])
-    return [Check("structured-retained", len(lost) <= spec.max_lost, len(lost), len(lost), spec.max_lost, "max",
-                  baseline_value=len(informative), why=spec.why_max_lost,
+    return [Check("structured-retained", value >= spec.min_retained, value, value, spec.min_retained, "min",
+                  baseline_value=len(informative), why=spec.why_min_retained,
                   detail=f"the baseline answers {len(informative)} of {len(theirs)} right; lost {len(lost)}"
-                         + (f" ({why_lost})" if lost else "") + (f"; gained {len(gained)}" if gained else ""))]
+                         + (f" ({why_lost[:300]})" if lost else "") + (f"; gained {len(gained)}" if gained else ""))]
 
 
 def judge_checks(suite, cand: dict, base: dict | None) -> list[Check]:

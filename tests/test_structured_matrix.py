@@ -56,9 +56,9 @@ def test_structured_judged_against_what_the_baseline_gets_right():
     spec = load_suite("smoke").structured
     base = {"structured": _res({"a": True, "b": True, "c": True, "d": False})}
     [ok] = _structured_checks(spec, {"structured": _res({"a": True, "b": False, "c": True, "d": False})}, base)
-    assert ok.passed and ok.value == 1 and ok.baseline_value == 3
+    assert ok.passed and ok.value == 0.6667 and ok.baseline_value == 3 and ok.margin > 0
     [bad] = _structured_checks(spec, {"structured": _res({"a": False, "b": False, "c": True, "d": True})}, base)
-    assert bad.passed is False and bad.value == 2 and "gained 1" in bad.detail
+    assert bad.passed is False and bad.value == 0.3333 and "gained 1" in bad.detail and bad.margin < 0
     [none] = _structured_checks(spec, {"structured": _res({"a": True})}, None)
     assert none.passed is None and "no baseline" in none.detail
     [uninformative] = _structured_checks(spec, {"structured": _res({"d": True})}, {"structured": _res({"d": False})})

@@ -50,8 +50,8 @@ class StructuredProbe(BaseModel):
 
 class StructuredSpec(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    max_lost: int = Field(1, ge=0)
-    why_max_lost: str = ""
+    min_retained: float = Field(0.4, ge=0, le=1)  # of the probes the baseline answers right
+    why_min_retained: str = ""
     probes: list[StructuredProbe] = Field(min_length=1)
 
 
