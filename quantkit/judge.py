@@ -206,6 +206,42 @@ def _structured_checks(spec, cand, base) -> list[Check]:
                          + (f" ({why_lost[:300]})" if lost else "") + (f"; gained {len(gained)}" if gained else ""))]
 
 
+def _image_problem(r: dict, b: dict | None) -> str | None:
+    """Why one image answer fails (None: it does not), given the baseline's answer to it if any."""
+    if r.get("crashed"):
+        return f"{r['id']}: the engine died on the image request ({r.get('error') or 'no answer'})"
+    if r.get("error"):
+        return f"{r['id']}: the request failed: {r['error']}"
+    if b is not None and (b.get("error") or not b.get("text")):
+        return None  # the baseline gives nothing either: not informative for this probe
+    if not r.get("text") or not r.get("tokens"):
+        return f"{r['id']}: empty answer"
+    if not r["text"].strip() and b is not None and b["text"].strip():
+        return f"{r['id']}: blank answer where the baseline answers {b['text'].strip()[:40]!r}"
+    return None
+
+
+def _image_checks(spec, cand, base) -> list[Check]:
+    """The image probe of a vision-language checkpoint: no crash, a non-empty answer, against the baseline."""
+    got = cand.get("images")
+    if not got:
+        return []
+    if got.get("not_checked"):
+        return [Check("image-probe", None, why=spec.why, detail=f"not checked: {got['not_checked']}")]
+    theirs = {r["id"]: r for r in ((base or {}).get("images") or {}).get("results") or []}
+    if theirs and all(r.get("error") or r.get("crashed") for r in theirs.values()):
+        return [Check("image-probe", None, why=spec.why,
+                      detail="not checked: the baseline fails the image request too (the engine cannot run this "
+                             f"model's images): {next(iter(theirs.values())).get('error')}")]
+    problems = [p for r in got["results"] if (p := _image_problem(r, theirs.get(r["id"]) if theirs else None))]
+    sent = len(got["results"])
+    detail = "; ".join(problems) or f"{sent} image request(s) answered: " + ", ".join(
+        repr(r["text"].strip()[:30]) for r in got["results"])
+    if not theirs:
+        detail += "; no baseline: absolute rules only (no crash, not empty)"
+    return [Check("image-probe", not problems, len(problems), len(problems), 0, "max", why=spec.why, detail=detail)]
+
+
 def judge_checks(suite, cand: dict, base: dict | None) -> list[Check]:
     """Every check of `suite` for the measurements `cand` (against `base`, or alone)."""
     boot = (suite.bootstrap.resamples, suite.bootstrap.seed)
@@ -218,4 +254,38 @@ def judge_checks(suite, cand: dict, base: dict | None) -> list[Check]:
         checks += _long_checks(suite.long_generation, cand, base)
     if suite.structured:
         checks += _structured_checks(suite.structured, cand, base)
+    if suite.images:
+        checks += _image_checks(suite.images, cand, base)
+    if suite.mtp:
+        checks += _mtp_checks(suite.mtp, cand, base)
     return checks
+
+
+def _mtp_checks(spec, cand, base) -> list[Check]:
+    """The MTP drafter's acceptance rate in the engine's speculative decoding, against the baseline's."""
+    got = cand.get("mtp")
+    b = (base or {}).get("mtp")
+    if not got:  # the candidate has no MTP weights: a loss only if the baseline had them
+        if b and b.get("acceptance_rate") is not None:
+            return [Check("mtp-acceptance", False, 0.0, 0.0, spec.min_retained, "min", why=spec.why_min_retained,
+                          detail="the baseline carries MTP weights, this checkpoint none: the drafter was lost")]
+        return []
+    if got.get("not_checked"):
+        return [Check("mtp-acceptance", None, why=spec.why_min_retained, detail=f"not checked: {got['not_checked']}")]
+    if b is None:
+        rate = got.get("acceptance_rate")
+        return [Check("mtp-acceptance", None, rate, why=spec.why_min_retained,
+                      detail=f"not checked: no baseline (acceptance {rate}; {got.get('error') or 'served'})")]
+    if b.get("error") or not b.get("acceptance_rate"):
+        return [Check("mtp-acceptance", None, got.get("acceptance_rate"), why=spec.why_min_retained,
+                      detail="not checked: the baseline's drafter gives nothing to compare: "
+                             f"{b.get('error') or 'acceptance 0'}")]
+    if got.get("error"):
+        return [Check("mtp-acceptance", False, 0.0, 0.0, spec.min_retained, "min", baseline_value=b["acceptance_rate"],
+                      why=spec.why_min_retained,
+                      detail=f"the baseline serves its drafter, this checkpoint's fails: {got['error']}")]
+    ratio = got["acceptance_rate"] / b["acceptance_rate"]
+    return [Check("mtp-acceptance", ratio >= spec.min_retained, round(ratio, 4), round(ratio, 4), spec.min_retained,
+                  "min", baseline_value=b["acceptance_rate"], why=spec.why_min_retained,
+                  detail=f"acceptance {got['acceptance_rate']:.3f} ({got['accepted_tokens']}/{got['draft_tokens']} draft "
+                         f"tokens) vs baseline {b['acceptance_rate']:.3f}: retained {ratio:.2f}")]

@@ -16,9 +16,11 @@ from quantkit.engines.profiles import EngineProfile, engine_python
 from quantkit.engines.server import EngineServer, free_port, log_tail
 from quantkit.errors import EngineError, UsageError, first_line
 from quantkit.probes.detectors import bad_characters, blank, punctuation_run, wrong_script
+from quantkit.probes.image import measure_images
 from quantkit.probes.knowledge import chance, score_bank
 from quantkit.probes.logscan import scan_log
 from quantkit.probes.longgen import generate, repetition_rate, surprise
+from quantkit.probes.mtp import measure_mtp
 from quantkit.probes.perplexity import engine_perplexity
 from quantkit.probes.structured import run_structured
 from quantkit.probes.suites import Suite, run_probes
@@ -131,6 +133,21 @@ def _take(client, v: Verdict, suite: Suite, probes, score: list[tuple[str, str]]
     return res[:len(score)]
 
 
+def _images(client, v: Verdict, suite: Suite, path: Path | None, serve: ServeSpec, reporter: Reporter, alive) -> None:
+    """The image probe (`quantkit.probes.image`) into v.images, for vision-language checkpoints."""
+    if not suite.images:
+        return
+    reporter.stage("images")
+    t0 = time.perf_counter()
+    v.images = measure_images(client, suite.images, path, suite.folder(), serve.profile, alive)
+    if v.images is not None:
+        v.timings["images"] = round(time.perf_counter() - t0, 2)
+
+
+def _died_on_image(v: Verdict) -> bool:
+    return any(r.get("crashed") for r in (v.images or {}).get("results", []))
+
+
 def measure(v: Verdict, path: Path | None, serve: ServeSpec, suite: Suite, probes: list, log: Path,
             score: list[tuple[str, str]] | None = None, reporter: Reporter = SILENT) -> list:
     """Boot the engine for `path` (or use the endpoint), take every measurement into `v`, tear the
@@ -154,14 +171,20 @@ def measure(v: Verdict, path: Path | None, serve: ServeSpec, suite: Suite, probe
                 client = stack.enter_context(server)
                 client.model = SERVED_NAME
                 v.timings["boot"] = server.boot_seconds
-            scored = _take(client, v, suite, probes, score, reporter,
-                           alive=(lambda: True) if server is None else server.alive)
-            if server is not None and not server.alive():
+            alive = (lambda: True) if server is None else server.alive
+            scored = _take(client, v, suite, probes, score, reporter, alive=alive)
+            _images(client, v, suite, path, serve, reporter, alive)  # last: a crash there loses nothing else
+            if server is not None and not server.alive() and not _died_on_image(v):
                 raise EngineError("engine died during probing", hint=f"see {log}")
     except EngineError as exc:
         v.fail(_root_cause(exc.message, log), kind="engine-error")
         v.log_tail = log_tail(log)
     else:
         v.logscan = scan_log(log) if server is not None else {"facts": {}, "findings": []}
+    if suite.mtp and v.verdict != "engine-error" and server is not None:  # a second boot, after the first is down
+        reporter.stage("mtp", "serving with speculative decoding from the MTP weights")
+        t1 = time.perf_counter()
+        v.mtp = measure_mtp(path, serve, suite.mtp, log.with_name(log.name.replace(".engine.log", ".mtp.engine.log")))
+        v.timings["mtp"] = round(time.perf_counter() - t1, 2) if v.mtp else 0.0
     v.timings["total"] = round(time.perf_counter() - t0, 2)
     return scored

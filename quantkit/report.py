@@ -36,6 +36,8 @@ class Verdict:
     knowledge: dict | None = None
     long: list[dict] | None = None
     structured: list[dict] | None = None  # instruction / tool-call probes: answer, passed, why not
+    images: dict | None = None  # the image probe (VL checkpoints): {results: [...]} or {not_checked: why}
+    mtp: dict | None = None  # MTP drafter served by speculative decoding: acceptance_rate, or error / not_checked
     baseline: dict | None = None  # what this verdict was judged against: target, hash, headline numbers
     logscan: dict | None = None
     engine_command: list[str] = field(default_factory=list)

@@ -189,7 +189,8 @@ def _write_atomic(path: Path, text: str) -> None:
 
 
 def _measurements(v: Verdict) -> dict:
-    return {"perplexity": v.perplexity, "knowledge": v.knowledge, "long": v.long, "structured": v.structured}
+    return {"perplexity": v.perplexity, "knowledge": v.knowledge, "long": v.long, "structured": v.structured,
+            "images": v.images, "mtp": v.mtp}
 
 
 def _finish(v: Verdict, suite: Suite, base: Verdict | None) -> None:

@@ -41,6 +41,9 @@ class EngineProfile(BaseModel):
     moe_marlin_flags: list[str] = []
     cpu_only: bool = False
     configs: dict[str, DeployConfig] = {}  # named deployment configurations; the first is the default
+    # measurements this engine cannot take, each with the measured reason (keys: images, mtp_drafter):
+    # reported "not checked: <reason>", never a pass
+    cannot: dict[str, str] = {}
 
     def config(self, name: str | None) -> DeployConfig | None:
         if name is None:

@@ -17,6 +17,8 @@ from pydantic import BaseModel, ConfigDict, Field
 from quantkit.datafile import load_yaml_model
 from quantkit.errors import EngineError, UsageError
 from quantkit.probes.detectors import expected_answer, run_detectors
+from quantkit.probes.image import ImageSpec
+from quantkit.probes.mtp import MtpSpec
 from quantkit.probes.structured import StructuredSpec
 from quantkit.resources import data_dir
 
@@ -88,12 +90,17 @@ class Suite(BaseModel):
     knowledge: KnowledgeSpec | None = None
     long_generation: LongGenerationSpec | None = None
     structured: StructuredSpec | None = None  # instruction / tool-call probes, judged against the baseline
+    images: ImageSpec | None = None  # the image probe, sent to vision-language checkpoints only
+    mtp: MtpSpec | None = None  # MTP drafter acceptance, for checkpoints with MTP weights (a second boot)
     probes: list[Probe]
     path: str | None = None
 
+    def folder(self) -> Path:
+        """The folder the suite's files (texts, banks, images) are relative to."""
+        return Path(self.path).parent if self.path else data_dir("validate")
+
     def _file(self, rel: str) -> Path:
-        base = Path(self.path).parent if self.path else data_dir("validate")
-        return base / rel
+        return self.folder() / rel
 
     def reference_text(self) -> str | None:
         if self.perplexity is None:
@@ -115,8 +122,12 @@ class Suite(BaseModel):
                    "long": lg and lg.model_dump(include={"prompts", "max_tokens"})}
         if st:  # added after baselines were cached: suites without it keep their fingerprint
             decides["structured"] = [x.model_dump(by_alias=True) for x in st.probes]
+        if self.images:  # likewise: only suites with them change
+            decides["images"] = [x.model_dump() for x in self.images.probes]
+        if self.mtp:
+            decides["mtp"] = self.mtp.model_dump(include={"prompts", "max_tokens", "num_speculative_tokens"})
         h = hashlib.sha256(json.dumps(decides, sort_keys=True).encode())
-        for rel in filter(None, [p and p.text, k and k.bank]):
+        for rel in filter(None, [p and p.text, k and k.bank, *(x.image for x in (self.images.probes if self.images else []))]):
             h.update(self._file(rel).read_bytes())
         return h.hexdigest()[:16]
 
