@@ -70,7 +70,9 @@ def test_profile_configurations_change_the_command_and_environment():
     argv = dict(model=Path("m"), name="n", port=1, max_model_len=64, fmt=None, python="py")
     assert "--enforce-eager" in p.argv(**argv, config="eager")
     assert "--enforce-eager" not in p.argv(**argv, config="compiled")
-    assert p.argv(**argv, config="emulation-kernel")[-2:] == ["--linear-backend", "emulation"]
+    assert p.environment("emulation-kernel")["QUANTKIT_CPU_NVFP4_KERNEL"] == "vllm-emulation"
+    assert get_profile("vllm").argv(**argv, config="marlin")[-4:] == ["--linear-backend", "marlin", "--moe-backend",
+                                                                     "marlin"]
     assert p.environment("faulty-kernel")["QUANTKIT_CPU_NVFP4_FAULT"] == "nibble-order"
     with pytest.raises(UsageError):
         p.argv(**argv, config="warp-drive")

@@ -117,3 +117,30 @@ def test_broken_artefacts_fail_with_the_right_reason(tmp_path, smollm2_quantized
         failed = [c for c in v["checks"] if c["passed"] is False]
         assert failed and all(c["margin"] < 0 for c in failed), name
     assert not _engine_processes(str(b))
+
+
+def test_matrix_catches_a_wrong_kernel_path_without_a_baseline(tmp_path, smollm2_quantized):
+    """Issue 15 item 5: one artefact served three ways. vLLM's own NVFP4 emulation kernel agrees with
+    the plugin's (same numerics, another code path); a kernel that decodes nibbles in the wrong order
+    (test instrumentation, the CUTLASS-3227 failure class) differs by orders of magnitude; a TP=2
+    configuration is "not checked" on a CPU engine, never a pass."""
+    ct = smollm2_quantized["compressed-tensors"]
+    rep = tmp_path / "rep"
+    code = main(["validate", str(ct), "--engine", "vllm-cpu", "--engine-python", str(VLLM_PY), "--report-dir", str(rep),
+                 "--matrix", "eager,emulation-kernel,faulty-kernel"])
+    res = json.loads((rep / "matrix.json").read_text())
+    pairs = {p["config"]: p for p in res["pairs"]}
+    assert code == 1  # the faulty kernel differs
+    good, bad = pairs["emulation-kernel"], pairs["faulty-kernel"]
+    assert good["passed"] is True and good["log_ppl_change"] < 0.005, good
+    assert bad["passed"] is False and bad["log_ppl_change"] > 1.0, bad
+    log = (rep / "matrix-emulation-kernel.engine.log").read_text()
+    assert "QuantkitCpuNvFp4LinearKernel" in log  # the plugin's class, running vLLM's emulation code path
+    from quantkit.engines.profiles import get_profile
+    from quantkit.matrix import MatrixRun, compare, _why_not
+
+    assert _why_not(get_profile("vllm-cpu"), "eager", 0) is None
+    tp = MatrixRun("tp2", checked=False, why_not="needs 2 GPUs (a CPU-only engine)")
+    [p] = compare([MatrixRun("eager", perplexity=1.0), tp])
+    assert p.passed is None
+    assert not _engine_processes(str(ct.parent))

@@ -102,6 +102,8 @@ def register() -> None:
 
         def apply_weights(self, layer: torch.nn.Module, x: torch.Tensor,
                           bias: torch.Tensor | None = None) -> torch.Tensor:
+            if _STOCK:  # vLLM's own emulation path, untouched (differential kernel check)
+                return super().apply_weights(layer, x, bias)
             shape = x.shape
             x2 = x.reshape(-1, shape[-1])
             x_dq = quant_dequant(x2, layer.input_global_scale_inv, 16, layer.quantkit_inv_gs)
@@ -114,6 +116,10 @@ def register() -> None:
             else:
                 out = torch.nn.functional.linear(x_dq, w, bias)
             return out.reshape(*shape[:-1], out.shape[-1])
+
+    # QUANTKIT_CPU_NVFP4_KERNEL=vllm-emulation: every call goes through vLLM's EmulationNvFp4LinearKernel
+    # (dequantize per call, vLLM's own activation rounding) instead of this plugin's faster path.
+    _STOCK = os.environ.get("QUANTKIT_CPU_NVFP4_KERNEL") == "vllm-emulation"
 
     def _onednn(w: torch.Tensor):
         """vLLM CPU's own prepacked oneDNN GEMM, as its unquantized linears use (2.4x faster than

