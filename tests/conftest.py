@@ -3,6 +3,7 @@ variants, tiny hybrid checkpoints) are built once per session."""
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
@@ -11,6 +12,20 @@ import pytest
 sys.path.insert(0, str(Path(__file__).parent))
 
 REPO = Path(__file__).resolve().parents[1]
+# The vLLM environment the engine tiers serve with (scripts/setup_vllm.sh makes it).
+VLLM_PY = Path(os.environ.get("QUANTKIT_ENGINE_PYTHON", REPO / ".venv-vllm" / "bin" / "python"))
+
+
+@pytest.fixture(scope="module")
+def vllm_env() -> Path:
+    """The vLLM environment's Python; a module that needs it uses
+    `pytestmark = [pytest.mark.e2e, pytest.mark.usefixtures("vllm_env")]`. Missing: skipped on a
+    developer machine, a failure under CI (which must have it)."""
+    if not VLLM_PY.exists():
+        if os.environ.get("CI"):
+            pytest.fail(f"CI must have the vLLM environment ({VLLM_PY}); scripts/setup_vllm.sh makes it")
+        pytest.skip("no vLLM environment: run scripts/setup_vllm.sh")
+    return VLLM_PY
 
 
 def cuda_available() -> bool:

@@ -7,30 +7,21 @@ of vLLM (`quantkit.inspect.vllm`) must give the same answer for every module of 
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-from conftest import REPO
+from conftest import VLLM_PY
 from quantkit.engines.vllm_layers import ARCHS
 from quantkit.inspect import inspect_checkpoint
 from quantkit.inspect.vllm import vllm_view_of_dir
 
-pytestmark = pytest.mark.e2e
-VLLM_PY = Path(os.environ.get("QUANTKIT_ENGINE_PYTHON", REPO / ".venv-vllm" / "bin" / "python"))
+pytestmark = [pytest.mark.e2e, pytest.mark.usefixtures("vllm_env")]
 HERE = Path(__file__).resolve().parent / "conformance"
 sys.path.insert(0, str(HERE))
 
-
-@pytest.fixture(scope="module", autouse=True)
-def need_vllm():
-    if not VLLM_PY.exists():
-        if os.environ.get("CI"):
-            pytest.fail(f"CI must have the vLLM environment ({VLLM_PY}); scripts/setup_vllm.sh makes it")
-        pytest.skip("no vLLM environment: run scripts/setup_vllm.sh")
 
 
 def _oracle(*args: str) -> None:

@@ -6,30 +6,21 @@ checkpoint `quantize` wrote."""
 from __future__ import annotations
 
 import json
-import os
 import shutil
 from pathlib import Path
 
 import pytest
 
-from conftest import REPO
+from conftest import VLLM_PY
 from quantkit.cli.main import main
 from quantkit.engines.profiles import get_profile
 from quantkit.inspect import inspect_checkpoint
 from quantkit.measure import ServeSpec
 
-pytestmark = pytest.mark.e2e
-VLLM_PY = Path(os.environ.get("QUANTKIT_ENGINE_PYTHON", REPO / ".venv-vllm" / "bin" / "python"))
+pytestmark = [pytest.mark.e2e, pytest.mark.usefixtures("vllm_env")]
 PROMPTS = ["The capital of France is", "def fibonacci(n):", "Water boils at a temperature of",
            "Once upon a time, in a small village,"]
 
-
-@pytest.fixture(scope="module", autouse=True)
-def need_vllm():
-    if not VLLM_PY.exists():
-        if os.environ.get("CI"):
-            pytest.fail(f"CI must have the vLLM environment ({VLLM_PY}); scripts/setup_vllm.sh makes it")
-        pytest.skip("no vLLM environment: run scripts/setup_vllm.sh")
 
 
 @pytest.fixture(scope="module")

@@ -10,12 +10,10 @@ checkpoints of architectures this engine build can serve (tests/tiny_vl.py, test
 
 from __future__ import annotations
 
-import os
-from pathlib import Path
 
 import pytest
 
-from conftest import REPO
+from conftest import VLLM_PY
 from quantkit.engines.profiles import get_profile
 from quantkit.judge import judge_checks
 from quantkit.measure import SERVED_NAME, ServeSpec
@@ -24,16 +22,8 @@ from quantkit.probes.mtp import measure_mtp
 from quantkit.probes.suites import load_suite
 from quantkit.resources import data_dir
 
-pytestmark = pytest.mark.e2e
-VLLM_PY = Path(os.environ.get("QUANTKIT_ENGINE_PYTHON", REPO / ".venv-vllm" / "bin" / "python"))
+pytestmark = [pytest.mark.e2e, pytest.mark.usefixtures("vllm_env")]
 
-
-@pytest.fixture(scope="module", autouse=True)
-def need_vllm():
-    if not VLLM_PY.exists():
-        if os.environ.get("CI"):
-            pytest.fail(f"CI must have the vLLM environment ({VLLM_PY}); scripts/setup_vllm.sh makes it")
-        pytest.skip("no vLLM environment: run scripts/setup_vllm.sh")
 
 
 def _spec() -> ServeSpec:

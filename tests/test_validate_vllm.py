@@ -6,25 +6,16 @@ right reason, and no engine process is left behind."""
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import pytest
 
 from breakers import SUBTLE, nan_scales, scrambled_fp4, wrong_ignore, wrong_quant_method
-from conftest import REPO
+from conftest import VLLM_PY
 from quantkit.cli.main import main
 
-pytestmark = pytest.mark.e2e
-VLLM_PY = Path(os.environ.get("QUANTKIT_ENGINE_PYTHON", REPO / ".venv-vllm" / "bin" / "python"))
+pytestmark = [pytest.mark.e2e, pytest.mark.usefixtures("vllm_env")]
 
-
-@pytest.fixture(scope="module", autouse=True)
-def need_vllm():
-    if not VLLM_PY.exists():
-        if os.environ.get("CI"):
-            pytest.fail(f"CI must have the vLLM environment ({VLLM_PY}); scripts/setup_vllm.sh makes it")
-        pytest.skip("no vLLM environment: run scripts/setup_vllm.sh")
 
 
 def _engine_processes(marker: str) -> list[int]:

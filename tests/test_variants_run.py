@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from quantkit.cli.main import main
-from test_validate_vllm import VLLM_PY
+from conftest import VLLM_PY
 from tiny_models import save_tiny_checkpoint
 
 pytestmark = pytest.mark.e2e

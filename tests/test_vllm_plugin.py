@@ -8,7 +8,7 @@ import subprocess
 
 import pytest
 
-from test_validate_vllm import VLLM_PY
+from conftest import VLLM_PY
 
 pytestmark = pytest.mark.e2e
 
