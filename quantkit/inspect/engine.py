@@ -15,7 +15,7 @@ from quantkit.inspect.names import Declared
 from quantkit.inspect.report import Finding
 from quantkit.inspect.vllm import VllmView
 
-__all__ = ["engine_modules", "engine_findings", "vllm_findings"]
+__all__ = ["engine_modules", "engine_findings", "vllm_findings", "stored_precisions"]
 
 _FLOAT = {"bf16", "f16", "f32"}
 _EXPERT = re.compile(rf"^(.*\.{FUSED_MOE_CONTAINER})\.\d+\.[^.]+$")
@@ -72,7 +72,8 @@ def engine_findings(fused: dict[str, dict[str, StoredModule]], declared: Declare
 
 
 # ----------------------------------------------------------------------------- vLLM's own decisions
-def _precisions(m: EngineModule, stored: dict[str, StoredModule], tensors: dict) -> set[str]:
+def stored_precisions(m: EngineModule, stored: dict[str, StoredModule], tensors: dict) -> set[str]:
+    """The precisions the parts of an engine module are stored in (fp4, fp8, bf16, ...)."""
     out = set()
     for p in m.parts:
         if p in stored:
@@ -95,7 +96,7 @@ def vllm_findings(view: VllmView, stored: dict[str, StoredModule], tensors: dict
     packed_unq: list[str] = []
     for name, d in view.decisions.items():
         m = view.modules[name]
-        precs = _precisions(m, stored, tensors)
+        precs = stored_precisions(m, stored, tensors)
         if d.startswith("error"):
             refused.append((name, d[len("error: "):]))
         elif len(precs) > 1:

@@ -30,6 +30,7 @@ from quantkit.checkpoint.formats import stored_modules
 from quantkit.checkpoint.formats.base import read_json
 from quantkit.engines.vllm_match import BF16, QUANTIZED
 from quantkit.errors import UsageError
+from quantkit.inspect.engine import stored_precisions
 from quantkit.inspect.vllm import VllmView, vllm_view
 
 __all__ = ["FixResult", "plan_fix", "fix_checkpoint"]
@@ -93,7 +94,7 @@ def _wrong(view: VllmView, stored: dict, tensors: dict) -> tuple[list, list, lis
     as_fp4, as_bf16, mixed = [], [], []
     for name, d in view.decisions.items():
         m = view.modules[name]
-        precs = {stored[p].precision if p in stored else "bf16" for p in m.parts if p in stored or p in tensors}
+        precs = stored_precisions(m, stored, tensors)
         if len(precs) > 1:
             mixed.append(f"{name}: stored parts differ in precision ({', '.join(sorted(precs))})")
         elif d == QUANTIZED and (not precs or precs <= _FLOAT):
