@@ -239,7 +239,48 @@ def _image_checks(spec, cand, base) -> list[Check]:
         repr(r["text"].strip()[:30]) for r in got["results"])
     if not theirs:
         detail += "; no baseline: absolute rules only (no crash, not empty)"
-    return [Check("image-probe", not problems, len(problems), len(problems), 0, "max", why=spec.why, detail=detail)]
+    return [Check("image-probe", not problems, len(problems), len(problems), 0, "max", why=spec.why, detail=detail),
+            *_image_sensitivity(spec, got["results"], theirs)]
+
+
+def _image_sensitivity(spec, results: list[dict], theirs: dict) -> list[Check]:
+    """Does the answer still depend on the image? Per probe with a contrast image, the candidate's movement
+    between the two images (total variation of the first token's top log-probabilities) as a fraction of
+    the baseline's; the check takes the smallest. Without a baseline: the movement itself, against
+    `min_sensitivity`."""
+    probes = [r for r in results if "contrast" in r or r.get("sensitivity") is not None]
+    if not probes:
+        return []
+    why = spec.why_min_sensitivity_retained
+    if any(r.get("error") or r.get("crashed") for r in probes):
+        return [Check("image-sensitivity", None, why=why, detail="not checked: an image request failed (image-probe)")]
+    if any(r.get("sensitivity") is None for r in probes):
+        return [Check("image-sensitivity", None, why=why,
+                      detail="not checked: the engine returned no top log-probabilities for the answer")]
+    if not theirs:
+        low = min(probes, key=lambda r: r["sensitivity"])
+        v = low["sensitivity"]
+        return [Check("image-sensitivity", v >= spec.min_sensitivity, v, v, spec.min_sensitivity, "min", why=why,
+                      detail=f"{low['id']}: the answer moves {v:.4f} between {low['image']} and {low['contrast']} "
+                             "(no baseline: against the absolute floor)")]
+    ratios, skipped = [], []
+    for r in probes:
+        b = theirs.get(r["id"]) or {}
+        if b.get("sensitivity") is None or b["sensitivity"] < spec.min_sensitivity:
+            skipped.append(r["id"])
+            continue
+        ratios.append((round(r["sensitivity"] / b["sensitivity"], 4), r, b))
+    if not ratios:
+        return [Check("image-sensitivity", None, why=why,
+                      detail=f"not checked: the baseline's answer moves less than {spec.min_sensitivity} between the "
+                             f"images ({', '.join(skipped)}): it does not depend on the image")]
+    v, r, b = min(ratios, key=lambda x: x[0])
+    detail = (f"{r['id']}: the answer moves {r['sensitivity']:.4f} between {r['image']} and {r['contrast']}, the "
+              f"baseline's {b['sensitivity']:.4f}: {v:.2f} of it kept")
+    if v == 0:
+        detail += " (the answer does not depend on the image: images are dropped on the way to the model)"
+    return [Check("image-sensitivity", v >= spec.min_sensitivity_retained, v, v, spec.min_sensitivity_retained, "min",
+                  baseline_value=b["sensitivity"], why=why, detail=detail)]
 
 
 def judge_checks(suite, cand: dict, base: dict | None) -> list[Check]:

