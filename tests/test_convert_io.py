@@ -1,7 +1,8 @@
 """The byte paths under `--format compressed-tensors` (bench/formats.md, "where the wall time
 went"): the streamed safetensors writer ModelOpt's export goes through (`headers.save_torch_file`,
-same bytes as safetensors' `save_file`) and the conversion's streamed copy (same bytes and hashes as
-a whole-file rewrite)."""
+same bytes as safetensors' `save_file`), the conversion's streamed copy (same bytes and hashes as
+a whole-file rewrite), and how quantkit imports ModelOpt (in a background thread, the GNN plugin
+skipped, errors still reported as BackendError)."""
 
 from __future__ import annotations
 
@@ -162,3 +163,46 @@ def test_conversion_stream_gives_the_bytes_and_hashes_of_a_plain_copy(tmp_path, 
     assert out == _plain_rewrite(src, names, values)
     assert sha256_file(tmp_path / "dst.safetensors") == hashlib.sha256(out).hexdigest()
     assert sha256_file(src) == src_sha
+
+
+def test_modelopt_imports_in_the_background_and_reports_import_errors(monkeypatch):
+    from quantkit.backends import modelopt as mo
+    from quantkit.errors import BackendError
+
+    monkeypatch.setattr(mo, "_imported", {})
+    mtq, export = mo._modelopt()
+    import modelopt.torch.quantization as real_mtq
+
+    assert mtq is real_mtq and export.__name__ == "export_hf_checkpoint"
+    assert mo._start_import() is mo._start_import()  # once per process
+
+    def broken():
+        raise ImportError("libcudart.so.13: cannot open shared object file")
+
+    monkeypatch.setattr(mo, "_imported", {})
+    monkeypatch.setattr(mo, "_import_modelopt", broken)
+    mo.ModelOptBackend().preload()
+    with pytest.raises(BackendError, match="not importable: libcudart"):
+        mo._modelopt()
+    monkeypatch.setattr("importlib.util.find_spec", lambda name: None)
+    with pytest.raises(BackendError, match="not installed"):
+        mo.ModelOptBackend().check_available()
+
+
+def test_skipped_plugin_packages_import_as_missing_only_inside_the_block(tmp_path, monkeypatch):
+    from quantkit.backends.modelopt import _SKIPPED_PLUGINS, _skipping_plugins
+
+    assert _SKIPPED_PLUGINS == ("torch_geometric",)
+    pkg = tmp_path / "qk_fake_gnn"
+    pkg.mkdir()
+    (pkg / "__init__.py").write_text("LOADED = True\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    with _skipping_plugins(("qk_fake_gnn",)):
+        with pytest.raises(ModuleNotFoundError):  # what ModelOpt's import_plugin takes as "not installed"
+            import qk_fake_gnn  # noqa: F401
+    import qk_fake_gnn  # noqa: F811
+
+    assert qk_fake_gnn.LOADED
+    with _skipping_plugins(("qk_fake_gnn",)):  # already imported: left alone
+        import qk_fake_gnn  # noqa: F811
+    monkeypatch.delitem(sys.modules, "qk_fake_gnn")

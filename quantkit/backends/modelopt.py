@@ -11,6 +11,7 @@ asserts CUDA, so quality is judged through the exported checkpoint, never in-pro
 from __future__ import annotations
 
 import copy
+import threading
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Callable, Iterator
@@ -20,6 +21,14 @@ from quantkit.errors import BackendError
 from quantkit.patterns import to_modelopt_disabled
 
 __all__ = ["ModelOptBackend"]
+
+# ModelOpt plugins quantkit never needs whose imports cost seconds: `torch_geometric` (the GNN
+# plugin quantizes PyG's Linear, which no transformers model holds) pulls in torch_geometric and
+# numba, 0.6 s of the cold import on the H200 machine (bench/formats.md). Skipped only while
+# quantkit imports ModelOpt, and only where that package is not imported yet: ModelOpt's
+# `import_plugin` takes the ModuleNotFoundError as "not installed" and goes on. A PyG model
+# quantized in the same process would need ModelOpt imported before quantkit imports it.
+_SKIPPED_PLUGINS = ("torch_geometric",)
 
 _CONFIGS = {"nvfp4": "NVFP4_DEFAULT_CFG", "nvfp4-weight-only": "W4A16_NVFP4_CFG"}
 # quant config "algorithm" per quantkit calibration algorithm
@@ -46,16 +55,22 @@ class ModelOptBackend:
         """Nothing to add: the export's exclude_modules already names every kept module."""
 
     def check_available(self) -> None:
-        try:
-            import modelopt.torch.quantization  # noqa: F401
-        except ImportError as exc:
-            raise BackendError(f"nvidia-modelopt is not importable: {exc}",
-                               hint="pip install 'nvidia-modelopt==0.47.0' (without the [hf] extra)") from exc
+        """Installed? Importing it (seconds, cold) is left to `preload` or the first use."""
+        import importlib.util
+
+        if importlib.util.find_spec("modelopt") is None:
+            raise BackendError("nvidia-modelopt is not installed", hint=_INSTALL_HINT)
+
+    def preload(self) -> None:
+        """Start importing ModelOpt in a background thread (the full path calls it once the
+        main thread has imported what loading the model needs, and loads the weights meanwhile:
+        the weights' copies to the GPU release the GIL). An import error surfaces, as a
+        BackendError, where the modules are first needed."""
+        _start_import()
 
     def quant_config(self, plan: Any, scheme: str, kv_cache: str = "none", algorithm: str = "minmax",
                      moe: str = "routed") -> dict:
-        import modelopt.torch.quantization as mtq
-
+        mtq, _ = _modelopt()
         cfg = copy.deepcopy(getattr(mtq, _CONFIGS[scheme]))
         cfg["algorithm"] = _ALGORITHMS[algorithm]
         if moe == "all-experts":
@@ -76,9 +91,8 @@ class ModelOptBackend:
                  progress: Callable[[str, int, int], None] | None = None, kv_cache: str = "none",
                  algorithm: str = "minmax", moe: str = "routed") -> BackendResult:
         import torch
-        import modelopt.torch.quantization as mtq
-        from modelopt.torch.export import export_hf_checkpoint
 
+        mtq, export_hf_checkpoint = _modelopt()
         cfg = self.quant_config(plan, scheme, kv_cache, algorithm, moe)
         device = next(model.parameters()).device
         batches = calib.batches(getattr(calib, "batch_size", 1))
@@ -112,6 +126,62 @@ class ModelOptBackend:
                              native_config={"base": _CONFIGS[scheme], "algorithm": cfg["algorithm"],
                                             "disabled_modules": len(plan.kept_names()),
                                             **({"fp8_modules": len(plan.fp8)} if plan.fp8 else {})})
+
+
+_INSTALL_HINT = "pip install 'nvidia-modelopt==0.47.0' (without the [hf] extra)"
+_lock = threading.Lock()
+_imported: dict[str, Any] = {}  # "future": the import's Future, once started
+
+
+def _start_import():
+    """The import of ModelOpt, started once per process in a daemon thread."""
+    from concurrent.futures import Future
+
+    with _lock:
+        if "future" not in _imported:
+            fut: Future = Future()
+
+            def work() -> None:
+                try:
+                    fut.set_result(_import_modelopt())
+                except BaseException as exc:  # re-raised where the modules are needed
+                    fut.set_exception(exc)
+
+            _imported["future"] = fut
+            threading.Thread(target=work, name="quantkit-import-modelopt", daemon=True).start()
+        return _imported["future"]
+
+
+def _modelopt():
+    """(modelopt.torch.quantization, export_hf_checkpoint), waiting for the background import."""
+    try:
+        return _start_import().result()
+    except ImportError as exc:
+        raise BackendError(f"nvidia-modelopt is not importable: {exc}", hint=_INSTALL_HINT) from exc
+
+
+def _import_modelopt():
+    with _skipping_plugins(_SKIPPED_PLUGINS):
+        import modelopt.torch.quantization as mtq
+        from modelopt.torch.export import export_hf_checkpoint
+    return mtq, export_hf_checkpoint
+
+
+@contextmanager
+def _skipping_plugins(names: tuple[str, ...]) -> Iterator[None]:
+    """`import NAME` raises ModuleNotFoundError inside the block for packages not imported yet
+    (a None in sys.modules: Python's documented way to block an import), restored after it."""
+    import sys
+
+    blocked = [n for n in names if n not in sys.modules]
+    for n in blocked:
+        sys.modules[n] = None  # type: ignore[assignment]
+    try:
+        yield
+    finally:
+        for n in blocked:
+            if n in sys.modules and sys.modules[n] is None:
+                del sys.modules[n]
 
 
 @contextmanager

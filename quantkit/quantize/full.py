@@ -6,7 +6,7 @@ from __future__ import annotations
 import copy
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from quantkit.calib_health import calibrating
 from quantkit.checkpoint.atomic import atomic_dir
@@ -18,9 +18,11 @@ from quantkit.recipe import Recipe
 __all__ = ["quantize_full", "load_model"]
 
 
-def load_model(local: Path, recipe: Recipe, reporter: Reporter, nproc: int = 1):
+def load_model(local: Path, recipe: Recipe, reporter: Reporter, nproc: int = 1, meanwhile: Callable[[], Any] | None = None):
     """(config, model in BF16 on the GPU or CPU, tokenizer); the tokenizer parses in a thread
-    while the weights load (33 MB of JSON for Gemma)."""
+    while the weights load (33 MB of JSON for Gemma). `meanwhile` is called in that thread once
+    the tokenizer is loaded (the backends' background imports start there: by then every module
+    the load needs is imported, so the two threads do not import the same modules at once)."""
     import torch
     from concurrent.futures import ThreadPoolExecutor
     from transformers import AutoTokenizer
@@ -32,7 +34,13 @@ def load_model(local: Path, recipe: Recipe, reporter: Reporter, nproc: int = 1):
     reporter.stage("load", f"{local}" + (f" across {nproc} GPUs (accelerate device_map)" if nproc > 1 else ""))
     cls, trc = model_class_for(config), recipe.model.trust_remote_code
     with ThreadPoolExecutor(max_workers=1) as pool:
-        tok_future = pool.submit(AutoTokenizer.from_pretrained, str(local), trust_remote_code=trc)
+        def tokenizer():
+            tok = AutoTokenizer.from_pretrained(str(local), trust_remote_code=trc)
+            if meanwhile is not None:
+                meanwhile()
+            return tok
+
+        tok_future = pool.submit(tokenizer)
         if nproc > 1:  # accelerate's big-model placement: consecutive layers on consecutive GPUs
             budget = {i: int(torch.cuda.mem_get_info(i)[0] * 0.85) for i in range(nproc)}
             model = cls.from_pretrained(str(local), dtype=torch.bfloat16, trust_remote_code=trc,
@@ -46,7 +54,10 @@ def load_model(local: Path, recipe: Recipe, reporter: Reporter, nproc: int = 1):
 
 
 def quantize_full(ctx: Context) -> list[VariantResult]:
-    config, model, tok = load_model(ctx.local, ctx.recipe, ctx.reporter, ctx.opts.nproc)
+    # the backends' own imports (ModelOpt's: ~9 s cold) run while the weights load
+    preloads = [b.preload for b in ctx.backends.values() if hasattr(b, "preload")]
+    config, model, tok = load_model(ctx.local, ctx.recipe, ctx.reporter, ctx.opts.nproc,
+                                    meanwhile=lambda: [p() for p in preloads])
     t_load = time.perf_counter() - ctx.t0
     plans, calib = plans_and_calibration(ctx, config, tok, model)
     results = []
