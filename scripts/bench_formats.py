@@ -9,6 +9,7 @@ to $OUT/bench_formats-<model>.json (device) or bench/formats-<model>.json (here)
   python scripts/bench_formats.py --model dense --samples 256 --seq-len 1024      # GPU: random 7.2B Llama
   python scripts/bench_formats.py --model moe --samples 64 --seq-len 1024         # GPU: Qwen3-Next shape, 4 of 48 layers
   python scripts/bench_formats.py --model dense --runs ct@base,ct,raw --base /tmp/base  # before/after, same bytes?
+  (same_files_as_base: every file's sha256; same_converted_from_as_base: the converted-from checkpoint's hash)
 """
 
 from __future__ import annotations
@@ -97,6 +98,8 @@ def _quantkit(recipe: Path, out: Path, args: list[str], code: Path = REPO) -> di
         tail = (tail + [line])[-40:]
         if line.startswith(("> ", "wrote ")):
             stages.append([round(time.perf_counter() - t, 2), line.strip()[:90]])
+        elif "Writing model shards: 100%" in line:  # transformers' progress bar: the export's shard writes
+            stages.append([round(time.perf_counter() - t, 2), line.strip().split("\r")[-1][:90]])
     q.wait()
     wall = time.perf_counter() - t
     if q.returncode:
@@ -107,6 +110,7 @@ def _quantkit(recipe: Path, out: Path, args: list[str], code: Path = REPO) -> di
             man = json.loads(m.read_text())
             runs[man["format"]] = {"backend": man.get("backend"), "timings": man["run"]["timings_s"],
                                    "converted": bool(man.get("converted_from")), "content_hash": man.get("content_hash"),
+                                   "converted_from": (man.get("converted_from") or {}).get("content_hash"),
                                    "files": man.get("files")}
     shutil.rmtree(out, ignore_errors=True)
     return {"wall_s": round(wall, 2), "exit": q.returncode, "variants": runs, "stages": stages}
@@ -162,9 +166,12 @@ def main() -> int:
     ratios = {"both / modelopt": _ratio(wall, "both", "modelopt"), "ct / raw llm-compressor": _ratio(wall, "ct", "raw"),
               "each / modelopt": _ratio(wall, "each", "modelopt"), "both / each": _ratio(wall, "both", "each"),
               "ct / ct@base": _ratio(wall, "ct", "ct@base")}
-    same = {r: _same_bytes(rows[r], rows[r.partition("@")[0]]) for r in rows if "@" in r and r.partition("@")[0] in rows}
+    pairs = [r for r in rows if "@" in r and r.partition("@")[0] in rows]
+    same = {r: _same_bytes(rows[r], rows[r.partition("@")[0]]) for r in pairs}
+    same_source = {r: _same_bytes(rows[r], rows[r.partition("@")[0]], "converted_from") for r in pairs}
     result = {"machine": describe(machine(torch_info=True)), "model": a.model, "dataset": dataset, "samples": len(calib.input_ids),
-              "tokens": calib.tokens, "runs": rows, "ratios": ratios, "same_files_as_base": same}
+              "tokens": calib.tokens, "runs": rows, "ratios": ratios, "same_files_as_base": same,
+              "same_converted_from_as_base": same_source}
     print(json.dumps(ratios, indent=1))
     dest = Path(os.environ["OUT"]) if os.environ.get("OUT") else REPO / "bench"
     dest.mkdir(exist_ok=True)
@@ -173,9 +180,12 @@ def main() -> int:
     return 0 if all(not v["exit"] for v in rows.values()) else 1
 
 
-def _same_bytes(x: dict, y: dict) -> dict:
-    """Per format: whether the two runs wrote files with the same sha256 (the manifest itself aside)."""
-    return {f: v.get("files") == y["variants"].get(f, {}).get("files") for f, v in x.get("variants", {}).items()}
+def _same_bytes(x: dict, y: dict, key: str = "files") -> dict:
+    """Per format: whether the two runs wrote files with the same sha256 (the manifest itself
+    aside); key "converted_from": whether a converted variant's source (for --format
+    compressed-tensors alone the hidden ModelOpt checkpoint, deleted after the conversion) had the
+    same content hash."""
+    return {f: v.get(key) == y["variants"].get(f, {}).get(key) for f, v in x.get("variants", {}).items()}
 
 
 def _ratio(wall: dict, a: str, b: str) -> float | None:
