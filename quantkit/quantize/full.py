@@ -54,7 +54,7 @@ def load_model(local: Path, recipe: Recipe, reporter: Reporter, nproc: int = 1, 
 
 
 def quantize_full(ctx: Context) -> list[VariantResult]:
-    # the backends' own imports (ModelOpt's: ~9 s cold) run while the weights load
+    # the backends' own imports (ModelOpt's: seconds, cold) run while the weights load
     preloads = [b.preload for b in ctx.backends.values() if hasattr(b, "preload")]
     config, model, tok = load_model(ctx.local, ctx.recipe, ctx.reporter, ctx.opts.nproc,
                                     meanwhile=lambda: [p() for p in preloads])
