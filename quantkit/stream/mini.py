@@ -92,10 +92,15 @@ def _load_converted(cls, cfg, i: int, tensors: dict):
     import torch
     from safetensors.torch import save_file
 
+    source = cfg.name_or_path
     with tempfile.TemporaryDirectory(prefix="quantkit-layer-") as d:
         cfg.save_pretrained(d)
         save_file({k: v.contiguous() for k, v in tensors.items()}, f"{d}/model.safetensors", metadata={"format": "pt"})
         model, info = cls.from_pretrained(d, config=cfg, dtype=torch.bfloat16, output_loading_info=True)
+    # from_pretrained names the model after the temporary directory, gone now; llm-compressor's save
+    # looks for a recipe under model.name_or_path, its oneshot reloads the config from
+    # config.name_or_path: both failed on every converted stand-in (a layerwise MoE)
+    model.name_or_path = model.config.name_or_path = source
     bad = [k for key in ("missing_keys", "unexpected_keys", "mismatched_keys") for k in info.get(key) or []
            if _is_layer_key(k if isinstance(k, str) else k[0])]
     if bad:
