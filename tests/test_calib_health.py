@@ -147,14 +147,14 @@ def sources(tmp_path_factory) -> dict[str, Path]:
             "healthy": save_tiny_checkpoint("qwen3_moe", root / "healthy")}
 
 
-def _quantize(src: Path, out: Path, backend: str, moe: str = "auto") -> tuple[dict, list[str]]:
+def _quantize(src: Path, out: Path, backend: str, moe: str = "auto", mode: str = "auto") -> tuple[dict, list[str]]:
     from quantkit.quantize import QuantizeOptions, quantize
     from quantkit.recipe import resolve_recipe
 
     r = out.parent / f"{out.name}.yaml"
     r.write_text(f"name: t\nmodel:\n  source: {src}\ncalibration:\n  samples: 4\n  seq_len: 64\n  moe: {moe}\n")
     rep = _Rep()
-    (res,) = quantize(resolve_recipe(str(r)), QuantizeOptions(backend=backend, out=out), rep)
+    (res,) = quantize(resolve_recipe(str(r)), QuantizeOptions(backend=backend, out=out, mode=mode), rep)
     return json.loads((res.path / "quantkit.json").read_text())["calibration_health"], rep.lines
 
 
@@ -222,3 +222,49 @@ def test_healthy_moe_is_not_flagged(sources, tmp_path, backend):
     assert not any("calibration:" in x for x in lines)
     codes = {f.code for f in inspect_checkpoint(str(tmp_path / "q")).findings}
     assert not {"starved-experts", "calibration-amax"} & codes
+
+
+@pytest.mark.e2e
+@pytest.mark.parametrize("backend", ["modelopt", "llmcompressor"])
+def test_layerwise_records_the_routing_a_full_run_records(sources, tmp_path, backend):
+    """--mode layerwise (memory-bounded) counts each layer's routing while the backend calibrates that
+    layer's stand-in, under the source's layer names, and writes the same calibration_health: every
+    MoE layer's counts equal the full-model run's (both feed each layer BF16 inputs), the starved
+    expert is flagged, warned and inspected."""
+    from quantkit.inspect import inspect_checkpoint
+
+    src = starve(save_tiny_checkpoint("qwen3_moe", tmp_path / "src", num_hidden_layers=3))  # MoE, dense, MoE
+    full, _ = _quantize(src, tmp_path / "full", backend, "routed")
+    lw, lines = _quantize(src, tmp_path / "lw", backend, "routed", mode="layerwise")
+    assert sorted(lw["routing"]["layers"]) == ["model.layers.0.mlp", "model.layers.2.mlp"]  # under the source's names
+    def counts(h):  # the starved expert's exported amax is torch.empty memory (llm-compressor): not compared
+        return {k: {f: v for f, v in row.items() if f != "starved_amax"} for k, row in h["routing"]["layers"].items()}
+
+    assert counts(lw) == counts(full) and lw["routing"]["starved_experts"] == full["routing"]["starved_experts"] == 2
+    assert _layer(lw)["starved"] == {str(STARVED): 0}
+    assert lw["activation_amax"]["modules"] == full["activation_amax"]["modules"]
+    (warn,) = [x for x in lines if "calibration:" in x]
+    assert warn.startswith("warning: calibration:")
+    codes = {f.code: f for f in inspect_checkpoint(str(tmp_path / "lw")).findings}
+    assert f"model.layers.0.mlp.experts.{STARVED}" in codes["starved-experts"].modules
+
+
+@pytest.mark.e2e
+def test_inspect_deep_reads_uncalibrated_activation_scales_from_the_tensors(tmp_path):
+    """A checkpoint quantkit did not write has no calibration_health: `inspect --deep` reads the stored
+    input scales instead. llm-compressor's NVFP4 of a tiny VL model with text-only calibration and the
+    vision tower not ignored leaves the tower's and connector's input_global_scale uncalibrated: all 13
+    flagged (pinned to values seen: 3.6e-38, 0); the same with the tower ignored: none."""
+    from quantkit.inspect import inspect_checkpoint
+    from tiny_vl import save_idefics3, save_text_calibrated_fp4
+
+    vl = save_idefics3(tmp_path / "vl")
+    good = save_text_calibrated_fp4(vl, tmp_path / "good", vision=False)
+    assert "calibration-amax" not in {f.code for f in inspect_checkpoint(str(good), deep=True).findings}
+    for value in (3.6e-38, 0.0):
+        bad = save_text_calibrated_fp4(vl, tmp_path / "bad", uncalibrated=value)
+        codes = {f.code: f for f in inspect_checkpoint(str(bad), deep=True).findings}
+        mods = codes["calibration-amax"].modules
+        assert len(mods) == 13 and all("vision_model" in m or "connector" in m for m in mods), mods
+        assert "stored input scales" in codes["calibration-amax"].message
+        assert "calibration-amax" not in {f.code for f in inspect_checkpoint(str(bad)).findings}  # headers only

@@ -9,8 +9,10 @@ import json
 import os
 import time
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
+from quantkit.calib_health import Health, moe_setting, resolve_moe
 from quantkit.checkpoint.atomic import atomic_dir
 from quantkit.checkpoint.formats import get_format
 from quantkit.quantize.context import Context, finish_variant, plans_and_calibration
@@ -39,6 +41,11 @@ def quantize_layerwise(ctx: Context, config: Any) -> list[VariantResult]:
             rep.info(f"state kept: {state['layers_done']}/{state['layers']} layers done; rerun the same command "
                      "with --resume to continue")
         raise
+    for fmt in ctx.formats:  # calibration health as in full mode: tokens per expert counted layer by layer
+        backend, routing = ctx.backends[fmt], done.routing.get(fmt)
+        tap = SimpleNamespace(counts=routing["counts"], widened=set(routing["widened"])) if routing else None
+        ctx.health[fmt] = Health(moe_setting(recipe.calibration, backend, config),
+                                 resolve_moe(recipe.calibration, backend), tap, backend)
     results = [_finish(ctx, run, done, fmt, plans[fmt], calib, tok, t_start) for fmt in ctx.formats]
     run.cleanup()
     return results

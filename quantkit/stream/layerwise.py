@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
 
+from quantkit.calib_health import calibrating
 from quantkit.checkpoint.formats import get_format
 from quantkit.errors import PlanError, UsageError, VerificationError
 from quantkit.stream.mini import build_stand_in, capture_outputs, stand_in_plan
@@ -44,12 +45,15 @@ def work_dir(base_out: Path) -> Path:
 @dataclass
 class LayerwiseResult:
     """What a finished layer loop leaves, per format: the finished shards (`writers`), the
-    quantization metadata merged over the layers, the layers' tensor prefix and the layers copied
-    unquantized (`skipped`: no FP4 module in them)."""
+    quantization metadata merged over the layers, the layers' tensor prefix, the layers copied
+    unquantized (`skipped`: no FP4 module in them) and, for an MoE, the calibration tokens each
+    layer's router sent to each expert (`routing`: {"counts": {layer: [...]}, "widened": [...]},
+    quantkit.calib_health's RouterTap, kept in state.json across a resume)."""
     writers: dict[str, ShardWriter]
     metadata: dict[str, dict]
     prefix: str
     skipped: dict[str, list[int]]
+    routing: dict[str, dict] = field(default_factory=dict)
 
 
 @dataclass
@@ -166,7 +170,8 @@ class LayerwiseRun:
             raise PlanError("no decoder layer has an FP4 module: nothing to quantize layer by layer",
                             hint="check the plan (`quantkit plan`)")
         return LayerwiseResult(writers, {f: state["metadata"][f] for f in self.plans}, src.prefix,
-                               {f: state.get("skipped", {}).get(f, []) for f in self.plans})
+                               {f: state.get("skipped", {}).get(f, []) for f in self.plans},
+                               {f: r for f, r in state.get("routing", {}).items() if f in self.plans})
 
     def _check(self, src: SourceShards) -> None:
         """Contiguous decoder layers, and nothing outside them planned in FP4."""
@@ -229,10 +234,17 @@ class LayerwiseRun:
             loop.state.setdefault("skipped", {}).setdefault(fmt, []).append(i)
             return
         backend, t = self.backends[fmt], loop.t
+        in_full = re.compile(r"^(?:\w+\.)*?layers\.0\.")  # the stand-in's layer 0 -> the source's layer i
         with tempfile.TemporaryDirectory(dir=self.work, prefix=f"layer{i}-") as d:
-            res = backend.quantize(model, self.tokenizer, sub, calib_i, self.recipe.scheme, Path(d), progress=None,
-                                   kv_cache=self.recipe.kv_cache,
-                                   algorithm=self.recipe.calibration.algorithm_for(backend.name))
+            with calibrating(model, self.config, backend, self.recipe.calibration,
+                             rename=lambda n: in_full.sub(f"{loop.src.prefix}.{i}.", n)) as health:
+                res = backend.quantize(model, self.tokenizer, sub, calib_i, self.recipe.scheme, Path(d), progress=None,
+                                       kv_cache=self.recipe.kv_cache,
+                                       algorithm=self.recipe.calibration.algorithm_for(backend.name), moe=health.moe)
+            if health.tap is not None:  # saved with the layer's state: a resumed run keeps the earlier layers'
+                routing = loop.state.setdefault("routing", {}).setdefault(fmt, {"counts": {}, "widened": []})
+                routing["counts"].update(health.tap.counts)
+                routing["widened"] = sorted(set(routing["widened"]) | health.tap.widened)
             t["calibrate"] += res.timings.get("calibrate", 0.0)
             t["export"] += res.timings.get("export", 0.0)
             t0 = time.perf_counter()
