@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, Iterator
 
 __all__ = ["THRESHOLD_REASON", "MOE_MODES", "RouterTap", "router_tap", "moe_setting", "summarise",
-           "exported_amax", "manifest_entry", "warning_line", "card_lines", "inspect_findings", "is_moe",
+           "exported_amax", "manifest_entry", "warning_line", "card_lines", "inspect_findings", "amax_findings", "is_moe",
            "resolve_moe", "Health", "calibrating"]
 
 THRESHOLD_REASON = (
@@ -154,15 +154,16 @@ def _natural(name: str) -> list:
     return natural_key(name)
 
 
-def exported_amax(ckpt: Path, w4a4: bool = True) -> dict:
+def exported_amax(ckpt: Path, w4a4: bool = True, tensors: dict | None = None) -> dict:
     """Each FP4 module's activation amax from its exported input scale: count, range, and the
-    modules whose amax is zero, not finite, or missing (a W4A4 module without an input scale)."""
+    modules whose amax is zero, not finite, or missing (a W4A4 module without an input scale).
+    `tensors`: the checkpoint's headers where the caller has read them already."""
     from safetensors import safe_open
 
     from quantkit.checkpoint.formats import stored_modules
     from quantkit.checkpoint.headers import checkpoint_tensors
 
-    tensors = checkpoint_tensors(ckpt)
+    tensors = tensors if tensors is not None else checkpoint_tensors(ckpt)
     fp4 = [n for n, m in stored_modules(tensors).items() if m.precision == "fp4"]
     amax, missing = {}, []
     by_file: dict[str, list[tuple[str, str, bool]]] = {}
@@ -182,7 +183,7 @@ def exported_amax(ckpt: Path, w4a4: bool = True) -> dict:
             "max": max(finite, default=None),
             "zero": sorted(n for n, v in amax.items() if v == 0),
             "not_finite": sorted(n for n, v in amax.items() if not math.isfinite(v)),
-            "implausible": sorted(n for n, v in amax.items() if math.isfinite(v) and v > 0
+            "implausible": sorted(n for n, v in amax.items() if math.isfinite(v) and v != 0  # negative too
                                   and not PLAUSIBLE_AMAX[0] <= v <= PLAUSIBLE_AMAX[1]),
             "missing": sorted(missing) if w4a4 else [], "values": amax}
 
@@ -275,14 +276,20 @@ def inspect_findings(manifest: dict | None) -> list:
         names = [f"{layer}.experts.{e}" for layer, s in starved for e in s]
         out.append(Finding.of("starved-experts", warning_line(manifest).split(" -> ")[0] + " (from quantkit.json; "
                               f"calibration.moe was {section.get('moe')!r})", names))
-    a = section.get("activation_amax") or {}
-    bad = [n for k in ("zero", "not_finite", "implausible") for n in a.get(k, [])]
-    if bad:
-        out.append(Finding.of("calibration-amax", f"{len(bad)} FP4 module(s) had an activation amax that is zero "
-                              f"({len(a.get('zero', []))}), not finite ({len(a.get('not_finite', []))}) or outside "
-                              f"{PLAUSIBLE_AMAX} ({len(a.get('implausible', []))}) at quantize time (from quantkit.json)",
-                              bad))
+    out += amax_findings(section.get("activation_amax") or {}, "at quantize time (from quantkit.json)")
     return out
+
+
+def amax_findings(a: dict, where: str) -> list:
+    """The `calibration-amax` finding for an exported_amax() summary (none when every amax is plausible)."""
+    from quantkit.inspect.report import Finding
+
+    bad = [n for k in ("zero", "not_finite", "implausible") for n in a.get(k, [])]
+    if not bad:
+        return []
+    return [Finding.of("calibration-amax", f"{len(bad)} FP4 module(s) have an activation amax that is zero "
+                       f"({len(a.get('zero', []))}), not finite ({len(a.get('not_finite', []))}) or outside "
+                       f"{PLAUSIBLE_AMAX} ({len(a.get('implausible', []))}) {where}", bad)]
 
 
 @dataclass

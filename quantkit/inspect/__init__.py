@@ -107,6 +107,11 @@ def _inspect(path_or_id: str, deep: bool, revision: str | None, context: int | N
 
         more, read = deep_findings(ckpt.root, ckpt.tensors, modules)
         findings += more
+        if not any(f.code == "calibration-amax" for f in findings):  # quantkit.json said nothing: the scales
+            from quantkit.calib_health import amax_findings, exported_amax
+
+            stored = exported_amax(ckpt.root, w4a4=False, tensors=ckpt.tensors)
+            findings += amax_findings(stored, "in the stored input scales")
     findings.sort(key=_order)
 
     hw = hardware_fit(ckpt.tensors, modules, ckpt.config, checks.kv_bytes_per_element(info), context,

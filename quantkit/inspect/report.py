@@ -137,10 +137,12 @@ CATALOGUE: dict[str, tuple[str, str, str, str]] = {
         "vLLM issue 45212; ModelOpt PR 1421; llm-compressor PR 1864"),
     "calibration-amax": (
         "error",
-        "quantkit's manifest records FP4 modules whose activation amax (from the exported input scale) was "
-        "zero, not finite, or outside any calibrated BF16 activation range: an uncalibrated scale; the engine "
-        "divides by it or clips every activation of the layer",
-        "quantize again with calibration.moe: all-experts or more samples; check calibration reached the layer",
+        "FP4 modules whose activation amax (from the exported input scale; recorded in quantkit's manifest, "
+        "or read from the stored scales by --deep) is zero, not finite, or outside any calibrated BF16 "
+        "activation range: an uncalibrated scale (e.g. a vision tower or an expert that text-only or routed "
+        "calibration never reached); the engine divides by it or flushes every activation of the layer",
+        "quantize again with calibration.moe: all-experts or more samples; check calibration reached the layer "
+        "(keep a vision tower out of FP4, or calibrate it with images)",
         "vLLM issue 45212; compressed-tensors initialises input_global_scale with torch.empty"),
     "unknown-format": (
         "warning", "the quantization metadata names a method inspect does not know; only generic checks ran",
