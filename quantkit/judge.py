@@ -11,6 +11,7 @@ hard detectors and absolute ceilings apply, and the report says so."""
 from __future__ import annotations
 
 import math
+import statistics
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -244,9 +245,11 @@ def _image_checks(spec, cand, base) -> list[Check]:
 
 
 def _image_sensitivity(spec, results: list[dict], theirs: dict) -> list[Check]:
-    """Does the answer still depend on the image? Per probe with a contrast image, the candidate's movement
-    between the two images (total variation of the first token's top log-probabilities) as a fraction of
-    the baseline's; the check takes the smallest. Without a baseline: the movement itself, against
+    """Does the answer still depend on the image? Per probe with a contrast image, the movement of the
+    first answer token's distribution between the two images (total variation of the top
+    log-probabilities); the check takes the candidate's mean movement over those probes as a fraction
+    of the baseline's mean on the same probes (one probe alone is a single draw: a random tiny model's
+    answer can ignore one image pair by chance). Without a baseline: the mean itself, against
     `min_sensitivity`."""
     probes = [r for r in results if "contrast" in r or r.get("sensitivity") is not None]
     if not probes:
@@ -257,30 +260,27 @@ def _image_sensitivity(spec, results: list[dict], theirs: dict) -> list[Check]:
     if any(r.get("sensitivity") is None for r in probes):
         return [Check("image-sensitivity", None, why=why,
                       detail="not checked: the engine returned no top log-probabilities for the answer")]
+    each = ", ".join(f"{r['id']} {r['sensitivity']:.4f}" for r in probes)
+    mine = round(statistics.fmean(r["sensitivity"] for r in probes), 6)
     if not theirs:
-        low = min(probes, key=lambda r: r["sensitivity"])
-        v = low["sensitivity"]
-        return [Check("image-sensitivity", v >= spec.min_sensitivity, v, v, spec.min_sensitivity, "min", why=why,
-                      detail=f"{low['id']}: the answer moves {v:.4f} between {low['image']} and {low['contrast']} "
-                             "(no baseline: against the absolute floor)")]
-    ratios, skipped = [], []
-    for r in probes:
-        b = theirs.get(r["id"]) or {}
-        if b.get("sensitivity") is None or b["sensitivity"] < spec.min_sensitivity:
-            skipped.append(r["id"])
-            continue
-        ratios.append((round(r["sensitivity"] / b["sensitivity"], 4), r, b))
-    if not ratios:
+        return [Check("image-sensitivity", mine >= spec.min_sensitivity, mine, mine, spec.min_sensitivity, "min",
+                      why=why, detail=f"the answer moves {mine:.4f} between each image and its contrast ({each}); "
+                                      "no baseline: against the absolute floor")]
+    base = [theirs.get(r["id"], {}).get("sensitivity") for r in probes]
+    if any(b is None for b in base):
+        return [Check("image-sensitivity", None, why=why, detail="not checked: the baseline has no movement to compare")]
+    ref = round(statistics.fmean(base), 6)
+    if ref < spec.min_sensitivity:
         return [Check("image-sensitivity", None, why=why,
-                      detail=f"not checked: the baseline's answer moves less than {spec.min_sensitivity} between the "
-                             f"images ({', '.join(skipped)}): it does not depend on the image")]
-    v, r, b = min(ratios, key=lambda x: x[0])
-    detail = (f"{r['id']}: the answer moves {r['sensitivity']:.4f} between {r['image']} and {r['contrast']}, the "
-              f"baseline's {b['sensitivity']:.4f}: {v:.2f} of it kept")
-    if v == 0:
+                      detail=f"not checked: the baseline's answer moves {ref:.4f} (< {spec.min_sensitivity}) between "
+                             "the images: it does not depend on the image")]
+    v = round(mine / ref, 4)
+    detail = f"the answer moves {mine:.4f} between each image and its contrast ({each}), the baseline's {ref:.4f}: " \
+             f"{v:.2f} of it kept"
+    if mine == 0:
         detail += " (the answer does not depend on the image: images are dropped on the way to the model)"
     return [Check("image-sensitivity", v >= spec.min_sensitivity_retained, v, v, spec.min_sensitivity_retained, "min",
-                  baseline_value=b["sensitivity"], why=why, detail=detail)]
+                  baseline_value=ref, why=why, detail=detail)]
 
 
 def judge_checks(suite, cand: dict, base: dict | None) -> list[Check]:
