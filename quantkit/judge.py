@@ -251,11 +251,12 @@ def _image_sensitivity(spec, results: list[dict], theirs: dict) -> list[Check]:
     of the baseline's mean on the same probes (one probe alone is a single draw: a random tiny model's
     answer can ignore one image pair by chance). Without a baseline: the mean itself, against
     `min_sensitivity`."""
-    probes = [r for r in results if "contrast" in r or r.get("sensitivity") is not None]
-    if not probes:
+    paired = {p.id for p in spec.probes if p.contrast}
+    probes = [r for r in results if r["id"] in paired]
+    if not paired:
         return []
     why = spec.why_min_sensitivity_retained
-    if any(r.get("error") or r.get("crashed") for r in probes):
+    if len(probes) < len(paired) or any(r.get("error") or r.get("crashed") for r in probes):
         return [Check("image-sensitivity", None, why=why, detail="not checked: an image request failed (image-probe)")]
     if any(r.get("sensitivity") is None for r in probes):
         return [Check("image-sensitivity", None, why=why,

@@ -107,6 +107,10 @@ def test_image_sensitivity_not_checked_when_the_request_failed():
     cand = {**_r(error="on the contrast image x: HTTP 500"), "contrast": "x"}
     checks = {c.name: c for c in _image_checks(IMG2, {"images": {"results": [cand]}}, {"images": {"results": [_s(0.3)]}})}
     assert checks["image-probe"].passed is False and checks["image-sensitivity"].passed is None
+    first = _r(error="the engine computed non-finite (NaN/inf) log-probabilities")  # the contrast was never sent
+    checks = {c.name: c for c in _image_checks(IMG2, {"images": {"results": [first]}}, {"images": {"results": [_s(0.3)]}})}
+    assert checks["image-probe"].passed is False and checks["image-sensitivity"].passed is None
+    assert _image_checks(IMG, {"images": {"results": [_r()]}}, None)[-1].name == "image-probe"  # no contrast: no check
 
 
 def _resp(text, top):
