@@ -6,6 +6,7 @@ and `quantkit.validate`'s job, so a baseline measured once serves every candidat
 from __future__ import annotations
 
 import contextlib
+import json
 import re
 import time
 from dataclasses import dataclass
@@ -53,11 +54,24 @@ class ServeSpec:
                 raise UsageError("--engine endpoint needs --url", hint="e.g. --url http://spark:8000")
             return None
         port = free_port()
-        argv = self.profile.argv(model=path, name=SERVED_NAME, port=port, max_model_len=self.max_model_len,
+        argv = self.profile.argv(model=path, name=SERVED_NAME, port=port, max_model_len=context_len(path, self.max_model_len),
                                  fmt=fmt if fmt in FORMATS else None,
                                  python=engine_python(self.profile, self.engine_python),
                                  extra=list(self.extra_args), moe_marlin=self.moe_marlin, config=self.config)
         return EngineServer(argv, self.profile.environment(self.config), log, port, ready_timeout=self.timeout)
+
+
+def context_len(path: Path | None, wanted: int) -> int:
+    """`wanted`, capped at the checkpoint's own context (config.json's max_position_embeddings, its
+    text_config's for a VL model): vLLM refuses a longer --max-model-len at startup ("greater than
+    the derived max_model_len"), which is the user's option, not the artefact's fault."""
+    cfg_file = path / "config.json" if path is not None else None
+    if cfg_file is None or not cfg_file.is_file():
+        return wanted
+    cfg = json.loads(cfg_file.read_text())
+    limits = [c.get("max_position_embeddings") for c in (cfg, cfg.get("text_config") or {})]
+    limits = [int(x) for x in limits if isinstance(x, (int, float)) and x > 0]
+    return min([wanted, *limits])
 
 
 _ERROR_LINE = re.compile(r"(\w+(?:Error|Exception)): (.+)")

@@ -220,3 +220,17 @@ def test_recipe_perplexity_ratio_limit_overrides_the_suite(tmp_path, monkeypatch
     assert default.exit_code == 0  # the smoke suite allows x1.8
     assert strict.exit_code == 1 and strict.verdicts[0].reasons[0].startswith("perplexity-ratio: 1.49")
     assert "max_ppl_ratio (1.25)" in next(c for c in strict.verdicts[0].checks if c["name"] == "perplexity-ratio")["why"]
+
+
+def test_context_len_is_capped_at_the_checkpoints_own(tmp_path):
+    """vLLM refuses --max-model-len above config.json's max_position_embeddings at startup: a tiny
+    model with 1024 positions failed `quantkit validate` with an engine error before this."""
+    import json
+
+    from quantkit.measure import context_len
+
+    (tmp_path / "config.json").write_text(json.dumps({"max_position_embeddings": 1024}))
+    assert context_len(tmp_path, 2048) == 1024 and context_len(tmp_path, 512) == 512
+    (tmp_path / "config.json").write_text(json.dumps({"text_config": {"max_position_embeddings": 768}}))
+    assert context_len(tmp_path, 2048) == 768  # a VL model: its language model's
+    assert context_len(None, 2048) == 2048 and context_len(tmp_path / "missing", 2048) == 2048

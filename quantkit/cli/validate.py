@@ -29,7 +29,8 @@ def register(app: typer.Typer) -> None:
         moe_marlin: Annotated[bool, typer.Option("--moe-marlin", help="use vLLM's Marlin NVFP4 MoE backend "
                               "(the working path on sm_121)")] = False,
         timeout: Annotated[float, typer.Option("--timeout", help="seconds to wait for the engine to become healthy")] = 600,
-        max_model_len: Annotated[int, typer.Option("--max-model-len")] = 2048,
+        max_model_len: Annotated[int, typer.Option("--max-model-len", help="the engine's context length, capped "
+                                 "at the checkpoint's max_position_embeddings")] = 2048,
         report_dir: Annotated[Path, typer.Option("--report-dir", help="where reports and engine logs go")] = Path("reports"),
         junit: Annotated[Optional[Path], typer.Option("--junit", help="also write a JUnit XML report here",
                          show_default=False)] = None,
