@@ -24,8 +24,8 @@ from dataclasses import dataclass
 from typing import Any, Callable, Iterator
 
 __all__ = ["THRESHOLD_REASON", "MOE_MODES", "RouterTap", "router_tap", "moe_setting", "summarise",
-           "exported_amax", "manifest_entry", "warning_line", "card_lines", "inspect_findings", "amax_findings", "is_moe",
-           "resolve_moe", "Health", "calibrating"]
+           "exported_amax", "manifest_entry", "warning_line", "card_lines", "inspect_findings", "amax_findings",
+           "is_moe", "resolve_moe", "Health", "calibrating"]
 
 THRESHOLD_REASON = (
     "an expert routed fewer calibration tokens than one NVFP4 block holds values (16) has its input amax "

@@ -252,9 +252,9 @@ def _image_sensitivity(spec, results: list[dict], theirs: dict) -> list[Check]:
     answer can ignore one image pair by chance). Without a baseline: the mean itself, against
     `min_sensitivity`."""
     paired = {p.id for p in spec.probes if p.contrast}
-    probes = [r for r in results if r["id"] in paired]
     if not paired:
         return []
+    probes = [r for r in results if r["id"] in paired]
     why = spec.why_min_sensitivity_retained
     if len(probes) < len(paired) or any(r.get("error") or r.get("crashed") for r in probes):
         return [Check("image-sensitivity", None, why=why, detail="not checked: an image request failed (image-probe)")]
@@ -269,7 +269,8 @@ def _image_sensitivity(spec, results: list[dict], theirs: dict) -> list[Check]:
                                       "no baseline: against the absolute floor")]
     base = [theirs.get(r["id"], {}).get("sensitivity") for r in probes]
     if any(b is None for b in base):
-        return [Check("image-sensitivity", None, why=why, detail="not checked: the baseline has no movement to compare")]
+        return [Check("image-sensitivity", None, why=why,
+                      detail="not checked: the baseline has no movement to compare")]
     ref = round(statistics.fmean(base), 6)
     if ref < spec.min_sensitivity:
         return [Check("image-sensitivity", None, why=why,

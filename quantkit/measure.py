@@ -54,7 +54,8 @@ class ServeSpec:
                 raise UsageError("--engine endpoint needs --url", hint="e.g. --url http://spark:8000")
             return None
         port = free_port()
-        argv = self.profile.argv(model=path, name=SERVED_NAME, port=port, max_model_len=context_len(path, self.max_model_len),
+        argv = self.profile.argv(model=path, name=SERVED_NAME, port=port,
+                                 max_model_len=context_len(path, self.max_model_len),
                                  fmt=fmt if fmt in FORMATS else None,
                                  python=engine_python(self.profile, self.engine_python),
                                  extra=list(self.extra_args), moe_marlin=self.moe_marlin, config=self.config)

@@ -234,3 +234,9 @@ def test_context_len_is_capped_at_the_checkpoints_own(tmp_path):
     (tmp_path / "config.json").write_text(json.dumps({"text_config": {"max_position_embeddings": 768}}))
     assert context_len(tmp_path, 2048) == 768  # a VL model: its language model's
     assert context_len(None, 2048) == 2048 and context_len(tmp_path / "missing", 2048) == 2048
+    from quantkit.engines.profiles import get_profile
+    from quantkit.measure import ServeSpec
+
+    server = ServeSpec(profile=get_profile("vllm-cpu")).server(tmp_path, "compressed-tensors", tmp_path / "log")
+    argv = server.argv  # built, not started
+    assert argv[argv.index("--max-model-len") + 1] == "768"
