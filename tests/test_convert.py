@@ -159,3 +159,51 @@ def test_convert_round_trip_and_cli(smollm2_quantized, smollm2_each, tmp_path):
     assert all(a[m].same(b[m]) for m in a)  # from a reciprocal-stable source: identical tensors
     cfg = json.loads((tmp_path / "mo2" / "hf_quant_config.json").read_text())
     assert cfg["quantization"]["quant_algo"] == "NVFP4" and "lm_head" in cfg["quantization"]["exclude_modules"]
+
+
+def _all_tensors(ckpt: Path) -> dict[str, tuple]:
+    """name -> (dtype, shape, stored bytes), whichever shard holds it."""
+    from quantkit.checkpoint.headers import checkpoint_tensors
+
+    out = {}
+    for name, t in checkpoint_tensors(ckpt).items():
+        with open(ckpt / t.file, "rb") as f:
+            f.seek(8 + int.from_bytes(f.read(8), "little") + t.offsets[0])
+            out[name] = (t.dtype, t.shape, f.read(t.nbytes))
+    return out
+
+
+@pytest.mark.e2e
+def test_small_shards_hold_the_same_tensors_and_convert_in_parallel(smollm2_quantized, tmp_path):
+    """--max-shard-size: the export writes several shards, the conversion rewrites them in parallel
+    threads (each hashed as it is written), and every tensor of both formats is byte-identical to
+    the one-shard run of the same recipe; manifests hash what is on disk; inspect finds nothing."""
+    from quantkit.checkpoint.manifest import content_hash, file_hashes
+    from quantkit.inspect import inspect_checkpoint
+    from quantkit.quantize import QuantizeOptions, quantize
+    from quantkit.recipe import resolve_recipe
+
+    results = quantize(resolve_recipe("smollm2-135m"), QuantizeOptions(
+        formats=["modelopt", "compressed-tensors"], out=tmp_path / "s", max_shard_size=48 << 20))
+    for r in results:
+        shards = sorted(p.name for p in r.path.glob("*.safetensors"))
+        assert len(shards) >= 3, shards
+        index = json.loads((r.path / "model.safetensors.index.json").read_text())
+        assert sorted(set(index["weight_map"].values())) == shards
+        assert _all_tensors(r.path) == _all_tensors(smollm2_quantized[r.format]), r.format
+        m = json.loads((r.path / "quantkit.json").read_text())
+        assert m["files"] == file_hashes(r.path) and m["content_hash"] == content_hash(m["files"])
+        assert not inspect_checkpoint(str(r.path)).errors
+    ct = json.loads((results[1].path / "quantkit.json").read_text())
+    assert ct["converted_from"]["content_hash"] == results[0].manifest["content_hash"]
+    assert ct["run"]["calibration_timings_s"]["calibrate"] > 0  # where the calibrating run's time went
+
+
+def test_max_shard_size_option_is_checked(tmp_path, capsys):
+    from quantkit.cli.main import main
+
+    for bad, why in (("10", "has no unit"), ("512KB", "under 1 MiB"), ("lots", "cannot read size")):
+        assert main(["quantize", "smollm2-135m", "--max-shard-size", bad, "--out", str(tmp_path / "x")]) == 3
+        err = capsys.readouterr().err
+        assert why in err and "--max-shard-size" in err, err
+        assert not (tmp_path / "x").exists()

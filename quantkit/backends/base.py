@@ -45,7 +45,8 @@ class Backend(Protocol):
 
     def quantize(self, model: Any, tokenizer: Any, plan: Any, calib: Any, scheme: str, out_dir: Path,
                  progress: Callable[[str, int, int], None] | None = None, kv_cache: str = "none",
-                 algorithm: str = "minmax", moe: str = "routed") -> BackendResult:
+                 algorithm: str = "minmax", moe: str = "routed", max_shard_size: int = 2 << 30) -> BackendResult:
         """Quantize `model` in place per `plan` (its kept modules stay unquantized), calibrating on
-        `calib`, and write the checkpoint in the backend's format to `out_dir`. `moe`: routed or
-        all-experts (quantkit.calib_health.MOE_MODES)."""
+        `calib`, and write the checkpoint in the backend's format to `out_dir`, in safetensors
+        shards of at most `max_shard_size` bytes. `moe`: routed or all-experts
+        (quantkit.calib_health.MOE_MODES)."""

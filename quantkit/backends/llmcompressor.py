@@ -79,7 +79,7 @@ class LLMCompressorBackend:
 
     def quantize(self, model: Any, tokenizer: Any, plan: Any, calib: Any, scheme: str, out_dir: Path,
                  progress: Callable[[str, int, int], None] | None = None, kv_cache: str = "none",
-                 algorithm: str = "minmax", moe: str = "all-experts") -> BackendResult:
+                 algorithm: str = "minmax", moe: str = "all-experts", max_shard_size: int = 2 << 30) -> BackendResult:
         from datasets import Dataset
         from llmcompressor import oneshot
         from llmcompressor.modifiers.quantization import QuantizationModifier
@@ -107,7 +107,7 @@ class LLMCompressorBackend:
                     num_calibration_samples=len(calib.input_ids), max_seq_length=calib.seq_len,
                     moe_calibrate_all_experts=moe == "all-experts")
         with timed(timings, "export"):
-            model.save_pretrained(out_dir, save_compressed=True)
+            model.save_pretrained(out_dir, save_compressed=True, max_shard_size=max_shard_size)
             _append_regex_ignores(out_dir / "config.json", [e for e in ignore if e.startswith("re:")])
         return BackendResult(self.format, timings,
                              native_config={"ignore": ignore, "scheme": _SCHEMES[scheme], "algorithm": algorithm,

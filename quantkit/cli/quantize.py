@@ -33,6 +33,8 @@ def register(app: typer.Typer) -> None:
         max_memory: Annotated[Optional[str], typer.Option("--max-memory", help="memory quantkit may use, e.g. "
                               "20GiB (default: what is available now); the pre-flight picks or refuses a mode "
                               "by it", show_default=False)] = None,
+        max_shard_size: Annotated[str, typer.Option("--max-shard-size", help="largest safetensors shard to write "
+                                  "(e.g. 5GiB); smaller shards hash, convert and download in parallel")] = "2GiB",
         resume: Annotated[bool, typer.Option("--resume", help="continue an interrupted layerwise run from its last "
                           "finished layer (same command, same --out)")] = False,
         nproc: Annotated[int, typer.Option("--nproc", min=1, help="GPUs to place the model across (accelerate "
@@ -75,7 +77,18 @@ def register(app: typer.Typer) -> None:
                                out=out, overwrite=overwrite, strict=strict, samples=samples, seq_len=seq_len,
                                model=model, algorithm=algorithm, mode=mode, resume=resume, nproc=nproc,
                                calibrate_each=calibrate_each,
-                               max_memory=parse_size(max_memory) if max_memory else None)
+                               max_memory=parse_size(max_memory) if max_memory else None,
+                               max_shard_size=_shard_size(max_shard_size))
         with RichReporter() as rep:
             results = run(r, opts, rep)
         quantize_summary(results)
+
+
+def _shard_size(text: str) -> int:
+    from quantkit.errors import UsageError
+    from quantkit.stream.preflight import parse_size
+
+    n = parse_size(text, "--max-shard-size")
+    if n < 1 << 20:
+        raise UsageError(f"--max-shard-size {text} is under 1 MiB", hint="use e.g. --max-shard-size 2GiB")
+    return n

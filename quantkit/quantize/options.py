@@ -11,7 +11,13 @@ from quantkit.checkpoint.formats import parse_formats
 from quantkit.errors import UsageError
 from quantkit.recipe import Recipe
 
-__all__ = ["QuantizeOptions", "VariantResult", "parse_format", "resolve_formats", "apply_options", "check_nproc"]
+# Largest safetensors shard a quantize run writes (its backend's export). Hashing, converting and
+# loading go shard by shard, each shard on its own core: one 4.45 GB shard took 3.5 s to sha256 on
+# the H200 machine, 4 pieces of it 1.2 s (bench/formats.md); transformers' own default (50 GB)
+# puts a 27B NVFP4 model in one file.
+SHARD_BYTES = 2 << 30
+
+__all__ = ["SHARD_BYTES", "QuantizeOptions", "VariantResult", "parse_format", "resolve_formats", "apply_options", "check_nproc"]
 
 
 @dataclass
@@ -31,6 +37,7 @@ class QuantizeOptions:
     resume: bool = False
     nproc: int = 1  # GPUs the model is placed across (accelerate device_map, ModelOpt backend)
     calibrate_each: bool = False  # every format's library calibrates (else one does and the rest convert)
+    max_shard_size: int = SHARD_BYTES  # bytes per safetensors shard written by the backend's export
 
 
 @dataclass

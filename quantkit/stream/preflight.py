@@ -37,14 +37,14 @@ class Estimate:
         return asdict(self)
 
 
-def parse_size(text: str) -> int:
+def parse_size(text: str, option: str = "--max-memory") -> int:
     """'20GiB', '20G', '512MB', '1.5TB' -> bytes (G/GB/GiB are all 2**30: memory is sold in GiB)."""
     m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([kmgt]?)(i?b)?\s*", text.lower())
     if not m:
-        raise UsageError(f"cannot read memory size {text!r}", hint="use e.g. --max-memory 20GiB or 512MB")
+        raise UsageError(f"cannot read size {text!r} ({option})", hint=f"use e.g. {option} 20GiB or 512MB")
     mult = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}[m[2]]
     if m[2] == "" and m[3] is None:
-        raise UsageError(f"memory size {text!r} has no unit", hint="use e.g. --max-memory 20GiB")
+        raise UsageError(f"size {text!r} ({option}) has no unit", hint=f"use e.g. {option} 20GiB")
     return int(float(m[1]) * mult)
 
 
