@@ -9,6 +9,7 @@ to $OUT/bench_formats-<model>.json (device) or bench/formats-<model>.json (here)
   python scripts/bench_formats.py --model dense --samples 256 --seq-len 1024      # GPU: random 7.2B Llama
   python scripts/bench_formats.py --model moe --samples 64 --seq-len 1024         # GPU: Qwen3-Next shape, 4 of 48 layers
   python scripts/bench_formats.py --model dense --runs ct@base,ct,raw --base /tmp/base  # before/after, same bytes?
+  python scripts/bench_formats.py --model dense --runs ct,ct:1GiB   # a run with --max-shard-size 1GiB
   (same_files_as_base: every file's sha256; same_converted_from_as_base: the converted-from checkpoint's hash)
 """
 
@@ -109,11 +110,39 @@ def _quantkit(recipe: Path, out: Path, args: list[str], code: Path = REPO) -> di
         if m.is_file():
             man = json.loads(m.read_text())
             runs[man["format"]] = {"backend": man.get("backend"), "timings": man["run"]["timings_s"],
+                                   "calibration_timings": man["run"].get("calibration_timings_s"),
                                    "converted": bool(man.get("converted_from")), "content_hash": man.get("content_hash"),
                                    "converted_from": (man.get("converted_from") or {}).get("content_hash"),
-                                   "files": man.get("files")}
+                                   "files": man.get("files"), "tensors": _tensors_digest(m.parent)}
     shutil.rmtree(out, ignore_errors=True)
     return {"wall_s": round(wall, 2), "exit": q.returncode, "variants": runs, "stages": stages}
+
+
+def _tensors_digest(ckpt: Path) -> str:
+    """sha256 over every tensor's name, dtype, shape and bytes in name order, whatever the shard
+    layout (after the timed run): equal for two checkpoints that store the same tensors."""
+    import hashlib
+    import struct
+    from concurrent.futures import ThreadPoolExecutor
+
+    from quantkit.checkpoint.headers import checkpoint_tensors
+
+    tensors = checkpoint_tensors(ckpt)
+
+    def one(name: str) -> str:
+        t = tensors[name]
+        with open(ckpt / t.file, "rb") as f:
+            (n,) = struct.unpack("<Q", f.read(8))
+            f.seek(8 + n + t.offsets[0])
+            return hashlib.sha256(f.read(t.nbytes)).hexdigest()
+
+    names = sorted(tensors)
+    with ThreadPoolExecutor(8) as pool:
+        digests = list(pool.map(one, names))
+    h = hashlib.sha256()
+    for name, d in zip(names, digests):
+        h.update(f"{name}\t{tensors[name].dtype}\t{list(tensors[name].shape)}\t{d}\n".encode())
+    return h.hexdigest()
 
 
 def _raw(src: Path, out: Path, ids: Path, kind: str) -> dict:
@@ -138,6 +167,8 @@ def main() -> int:
                     help="comma-separated; a quantkit run with @base runs the quantkit in --base")
     ap.add_argument("--base", type=Path, default=None, help="another quantkit checkout (say `git worktree add "
                     "/tmp/base HEAD~3`) for before/after runs such as ct@base, same source and tokens")
+    ap.add_argument("--source", type=Path, default=None, help="use this checkpoint (written by an earlier run) "
+                    "instead of writing --model's")
     a = ap.parse_args()
     import torch
 
@@ -146,7 +177,7 @@ def main() -> int:
     from transformers import AutoTokenizer
 
     tmp = Path(tempfile.mkdtemp(prefix="bench-formats-"))
-    src = _source(a.model, tmp)
+    src = a.source.resolve() if a.source else _source(a.model, tmp)
     dataset = a.dataset or ("random-tokens" if torch.cuda.is_available() else "bundled-en")
     calib = build_calibration(AutoTokenizer.from_pretrained(src), dataset, a.samples, a.seq_len, 0)
     ids = tmp / "ids.json"
@@ -157,20 +188,27 @@ def main() -> int:
     args = {"modelopt": ["--format", "modelopt"], "ct": ["--format", "compressed-tensors"],
             "both": ["--format", "both"], "each": ["--format", "both", "--calibrate-each"]}
     rows = {}
-    for run in a.runs.split(","):
-        kind, _, base = run.partition("@")
+    for n, run in enumerate(a.runs.split(",")):
+        key = run if run not in rows else f"{run}#{n}"  # a repeated run keeps every wall time
+        spec, _, shard = run.partition(":")  # ct:1GiB = --format compressed-tensors --max-shard-size 1GiB
+        kind, _, base = spec.partition("@")
         code = a.base.resolve() if base else REPO
-        rows[run] = _raw(src, tmp / "raw", ids, a.model) if run == "raw" else _quantkit(recipe, tmp / run, args[kind], code)
-        print(run, json.dumps(rows[run]), flush=True)
+        extra = ["--max-shard-size", shard] if shard else []
+        rows[key] = (_raw(src, tmp / "raw", ids, a.model) if run == "raw"
+                     else _quantkit(recipe, tmp / key.replace(":", "-").replace("#", "-"), args[kind] + extra, code))
+        print(key, json.dumps(rows[key]), flush=True)
     wall = {k: v["wall_s"] for k, v in rows.items() if not v["exit"]}
     ratios = {"both / modelopt": _ratio(wall, "both", "modelopt"), "ct / raw llm-compressor": _ratio(wall, "ct", "raw"),
               "each / modelopt": _ratio(wall, "each", "modelopt"), "both / each": _ratio(wall, "both", "each"),
-              "ct / ct@base": _ratio(wall, "ct", "ct@base")}
+              "ct / ct@base": _ratio(wall, "ct", "ct@base"),
+              "every ct run / raw": [_ratio(wall, k, "raw") for k in wall if k.partition("#")[0] == "ct"]}
     pairs = [r for r in rows if "@" in r and r.partition("@")[0] in rows]
     same = {r: _same_bytes(rows[r], rows[r.partition("@")[0]]) for r in pairs}
+    same_tensors = {r: _same_bytes(rows[r], rows[r.partition("@")[0]], "tensors") for r in pairs}
     same_source = {r: _same_bytes(rows[r], rows[r.partition("@")[0]], "converted_from") for r in pairs}
     result = {"machine": describe(machine(torch_info=True)), "model": a.model, "dataset": dataset, "samples": len(calib.input_ids),
               "tokens": calib.tokens, "runs": rows, "ratios": ratios, "same_files_as_base": same,
+              "same_tensors_as_base": same_tensors,
               "same_converted_from_as_base": same_source}
     print(json.dumps(ratios, indent=1))
     dest = Path(os.environ["OUT"]) if os.environ.get("OUT") else REPO / "bench"

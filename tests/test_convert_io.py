@@ -206,3 +206,57 @@ def test_skipped_plugin_packages_import_as_missing_only_inside_the_block(tmp_pat
     with _skipping_plugins(("qk_fake_gnn",)):  # already imported: left alone
         import qk_fake_gnn  # noqa: F811
     monkeypatch.delitem(sys.modules, "qk_fake_gnn")
+
+
+def test_torch_compile_is_lazy_only_while_modelopt_imports(monkeypatch):
+    from quantkit.backends.modelopt import _lazy_torch_compile
+
+    compiled = []
+
+    def spy(model, **kwargs):  # stands for torch.compile: records what it compiles, with which arguments
+        compiled.append((getattr(model, "__name__", type(model).__name__), kwargs))
+        return (lambda *a, **k: ("compiled", model(*a, **k))) if callable(model) else model
+
+    monkeypatch.setattr(torch, "compile", spy)
+
+    def double(x):
+        return x * 2
+
+    with _lazy_torch_compile():
+        assert torch.compile is not spy
+        lazy = torch.compile(double, dynamic=True)
+        decorated = torch.compile(dynamic=False)(double)
+        torch.compile(torch.nn.Identity())  # modules go to torch.compile at once
+        assert compiled == [("Identity", {})]
+    assert torch.compile is spy
+    assert lazy.__name__ == "double" and lazy.__wrapped__ is double
+    assert lazy(3) == ("compiled", 6) and lazy(4) == ("compiled", 8) and decorated(5) == ("compiled", 10)
+    assert compiled[1:] == [("double", {"dynamic": True}), ("double", {"dynamic": False})]  # once each, at first call
+
+
+def test_modelopt_import_leaves_torchs_compiler_unimported():
+    """The inductor import that ModelOpt's import-time decorators pulled in (2.3 s cold on the
+    H200) is gone; a fresh interpreter, as `quantkit quantize` is."""
+    import subprocess
+
+    code = ("import sys, torch, transformers; import quantkit.backends.modelopt as m; mtq, ex = m._import_modelopt(); "
+            "assert torch.compile.__module__ == 'torch', torch.compile; "
+            "print('inductor' if 'torch._inductor.compile_fx' in sys.modules else 'no inductor', mtq.__name__)")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert r.stdout.split() == ["no", "inductor", "modelopt.torch.quantization"]
+
+
+@pytest.mark.parametrize("env", [{}, {"PYTORCH_CUDA_ALLOC_CONF": "backend:cudaMallocAsync"},
+                                 {"PYTORCH_ALLOC_CONF": "expandable_segments:False"}])
+def test_expandable_segments_unless_the_user_configured_the_allocator(monkeypatch, env):
+    from quantkit.quantize import full
+
+    for k in ("PYTORCH_CUDA_ALLOC_CONF", "PYTORCH_ALLOC_CONF"):
+        monkeypatch.delenv(k, raising=False)
+    for k, v in env.items():
+        monkeypatch.setenv(k, v)
+    seen = []
+    monkeypatch.setattr(torch.cuda.memory, "_set_allocator_settings", seen.append)
+    full._expandable_segments()
+    assert seen == ([] if env else ["expandable_segments:True"])

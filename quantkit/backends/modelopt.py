@@ -89,14 +89,18 @@ class ModelOptBackend:
 
     def quantize(self, model: Any, tokenizer: Any, plan: Any, calib: Any, scheme: str, out_dir: Path,
                  progress: Callable[[str, int, int], None] | None = None, kv_cache: str = "none",
-                 algorithm: str = "minmax", moe: str = "routed") -> BackendResult:
+                 algorithm: str = "minmax", moe: str = "routed", max_shard_size: int = 2 << 30) -> BackendResult:
+        import time
+
         import torch
 
-        mtq, export_hf_checkpoint = _modelopt()
+        timings: dict[str, float] = {}
+        with timed(timings, "import_wait"):  # the rest of the background import (preload), if any
+            mtq, export_hf_checkpoint = _modelopt()
         cfg = self.quant_config(plan, scheme, kv_cache, algorithm, moe)
         device = next(model.parameters()).device
         batches = calib.batches(getattr(calib, "batch_size", 1))
-        timings: dict[str, float] = {}
+        marks: list[float] = []
 
         def run(m, ids):
             try:
@@ -112,16 +116,22 @@ class ModelOptBackend:
                 run(m, ids[half:])
 
         def forward_loop(m):
+            marks.append(time.perf_counter())  # the quantizers are in place
             with torch.no_grad():
                 for i, ids in enumerate(batches):
                     run(m, ids)
                     if progress:
                         progress("calibrate", i + 1, len(batches))
+            marks.append(time.perf_counter())
 
+        t0 = time.perf_counter()
         with timed(timings, "calibrate"):
             mtq.quantize(model, cfg, forward_loop)
+        if len(marks) >= 2:  # where mtq.quantize's time went: inserting quantizers, forwards, the rest
+            timings["insert_quantizers"] = round(marks[0] - t0, 3)
+            timings["calibration_forwards"] = round(marks[1] - marks[0], 3)
         with timed(timings, "export"), _streamed_shard_writes():
-            export_hf_checkpoint(model, export_dir=str(out_dir))
+            export_hf_checkpoint(model, export_dir=str(out_dir), max_shard_size=max_shard_size)
         return BackendResult(self.format, timings,
                              native_config={"base": _CONFIGS[scheme], "algorithm": cfg["algorithm"],
                                             "disabled_modules": len(plan.kept_names()),
@@ -161,10 +171,47 @@ def _modelopt():
 
 
 def _import_modelopt():
-    with _skipping_plugins(_SKIPPED_PLUGINS):
+    with _skipping_plugins(_SKIPPED_PLUGINS), _lazy_torch_compile():
         import modelopt.torch.quantization as mtq
         from modelopt.torch.export import export_hf_checkpoint
     return mtq, export_hf_checkpoint
+
+
+@contextmanager
+def _lazy_torch_compile() -> Iterator[None]:
+    """Inside the block, `torch.compile` of a plain function compiles at the function's first
+    call instead of at once. ModelOpt 0.47 decorates module-level helpers with it while it
+    imports (AutoQuantize's distributed log-softmax, the FP8 GEMM helpers), none of which an
+    NVFP4 quantize calls, and the decoration imports torch's inductor compiler: 2.3 s of the
+    cold import on the H200 machine (bench/formats.md). Modules and anything but plain functions
+    go to `torch.compile` unchanged; so does everything outside the block."""
+    import functools
+    import inspect
+
+    import torch
+
+    real = torch.compile
+
+    def lazy(model=None, **kwargs):
+        if model is None:  # @torch.compile(...) with arguments
+            return lambda fn: lazy(fn, **kwargs)
+        if not inspect.isfunction(model):
+            return real(model, **kwargs)
+        compiled: list = []
+
+        @functools.wraps(model)
+        def call(*args, **kw):
+            if not compiled:
+                compiled.append(real(model, **kwargs))
+            return compiled[0](*args, **kw)
+        return call
+
+    torch.compile = lazy
+    try:
+        yield
+    finally:
+        if torch.compile is lazy:
+            torch.compile = real
 
 
 @contextmanager

@@ -228,7 +228,7 @@ def converted_variant(ctx: Context, primary: VariantResult, fmt: str) -> Variant
                 "converted_from": {"format": primary.format, "content_hash": primary.manifest.get("content_hash")},
                 "conversion": {"nvfp4_linears": modules, "inexact_scales": inexact},
                 "run": {**primary.manifest.get("run", {}), "timings_s": timings,
-                        "wall_s": round(time.perf_counter() - t_start, 3)}}
+                        "calibration_timings_s": primary.timings, "wall_s": round(time.perf_counter() - t_start, 3)}}
         for k in ("schema", "created", "versions", "files", "content_hash"):
             body.pop(k, None)
         manifest = write_manifest(tmp, body)
