@@ -81,7 +81,10 @@ def _source(kind: str, tmp: Path) -> Path:
     with torch.device("cuda" if torch.cuda.is_available() else "cpu"):
         model = AutoModelForCausalLM.from_config(cfg, dtype=torch.bfloat16)
     src = tmp / f"src-{kind}"
-    model.save_pretrained(src)
+    from quantkit.backends.modelopt import _streamed_shard_writes
+
+    with _streamed_shard_writes():  # safetensors' own writer took 20.7 s for the dense model's 14.5 GB
+        model.save_pretrained(src)
     tiny_tokenizer().save_pretrained(src)
     return src
 

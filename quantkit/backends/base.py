@@ -9,6 +9,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator, Protocol
 
+from quantkit.checkpoint.headers import SHARD_BYTES
+
 __all__ = ["Backend", "BackendResult", "timed"]
 
 
@@ -45,7 +47,7 @@ class Backend(Protocol):
 
     def quantize(self, model: Any, tokenizer: Any, plan: Any, calib: Any, scheme: str, out_dir: Path,
                  progress: Callable[[str, int, int], None] | None = None, kv_cache: str = "none",
-                 algorithm: str = "minmax", moe: str = "routed", max_shard_size: int = 2 << 30) -> BackendResult:
+                 algorithm: str = "minmax", moe: str = "routed", max_shard_size: int = SHARD_BYTES) -> BackendResult:
         """Quantize `model` in place per `plan` (its kept modules stay unquantized), calibrating on
         `calib`, and write the checkpoint in the backend's format to `out_dir`, in safetensors
         shards of at most `max_shard_size` bytes. `moe`: routed or all-experts

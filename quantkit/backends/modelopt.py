@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 from quantkit.backends.base import BackendResult, timed
+from quantkit.checkpoint.headers import SHARD_BYTES
 from quantkit.errors import BackendError
 from quantkit.patterns import to_modelopt_disabled
 
@@ -89,7 +90,7 @@ class ModelOptBackend:
 
     def quantize(self, model: Any, tokenizer: Any, plan: Any, calib: Any, scheme: str, out_dir: Path,
                  progress: Callable[[str, int, int], None] | None = None, kv_cache: str = "none",
-                 algorithm: str = "minmax", moe: str = "routed", max_shard_size: int = 2 << 30) -> BackendResult:
+                 algorithm: str = "minmax", moe: str = "routed", max_shard_size: int = SHARD_BYTES) -> BackendResult:
         import time
 
         import torch

@@ -36,7 +36,7 @@ def remember_sha256(path: Path, digest: str) -> None:
 
 def forget_sha256(path: Path) -> None:
     resolved = str(Path(path).resolve())
-    for key in [k for k in _KNOWN if k[0] == resolved]:
+    for key in [k for k in list(_KNOWN) if k[0] == resolved]:  # list(): other threads may add meanwhile
         del _KNOWN[key]
 
 

@@ -8,16 +8,11 @@ from pathlib import Path
 
 from quantkit.backends import backend_class, backend_for_format, formats_of_backend
 from quantkit.checkpoint.formats import parse_formats
+from quantkit.checkpoint.headers import SHARD_BYTES
 from quantkit.errors import UsageError
 from quantkit.recipe import Recipe
 
-# Largest safetensors shard a quantize run writes (its backend's export). Hashing, converting and
-# loading go shard by shard, each shard on its own core: one 4.45 GB shard took 3.5 s to sha256 on
-# the H200 machine, 4 pieces of it 1.2 s (bench/formats.md); transformers' own default (50 GB)
-# puts a 27B NVFP4 model in one file.
-SHARD_BYTES = 2 << 30
-
-__all__ = ["SHARD_BYTES", "QuantizeOptions", "VariantResult", "parse_format", "resolve_formats", "apply_options", "check_nproc"]
+__all__ = ["QuantizeOptions", "VariantResult", "parse_format", "resolve_formats", "apply_options", "check_nproc"]
 
 
 @dataclass
