@@ -34,7 +34,8 @@ def register(app: typer.Typer) -> None:
                               "20GiB (default: what is available now); the pre-flight picks or refuses a mode "
                               "by it", show_default=False)] = None,
         max_shard_size: Annotated[str, typer.Option("--max-shard-size", help="largest safetensors shard to write "
-                                  "(e.g. 5GiB); smaller shards hash, convert and download in parallel")] = "2GiB",
+                                  "(e.g. 5GiB; --mode layerwise writes one per layer); smaller shards hash, convert and "
+                                  "download in parallel")] = "2GiB",
         resume: Annotated[bool, typer.Option("--resume", help="continue an interrupted layerwise run from its last "
                           "finished layer (same command, same --out)")] = False,
         nproc: Annotated[int, typer.Option("--nproc", min=1, help="GPUs to place the model across (accelerate "
