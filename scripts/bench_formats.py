@@ -125,19 +125,14 @@ def _tensors_digest(ckpt: Path) -> str:
     """sha256 over every tensor's name, dtype, shape and bytes in name order, whatever the shard
     layout (after the timed run): equal for two checkpoints that store the same tensors."""
     import hashlib
-    import struct
     from concurrent.futures import ThreadPoolExecutor
 
-    from quantkit.checkpoint.headers import checkpoint_tensors
+    from quantkit.checkpoint.headers import checkpoint_tensors, tensor_bytes
 
     tensors = checkpoint_tensors(ckpt)
 
     def one(name: str) -> str:
-        t = tensors[name]
-        with open(ckpt / t.file, "rb") as f:
-            (n,) = struct.unpack("<Q", f.read(8))
-            f.seek(8 + n + t.offsets[0])
-            return hashlib.sha256(f.read(t.nbytes)).hexdigest()
+        return hashlib.sha256(tensor_bytes(ckpt, tensors[name])).hexdigest()
 
     names = sorted(tensors)
     with ThreadPoolExecutor(8) as pool:

@@ -163,14 +163,9 @@ def test_convert_round_trip_and_cli(smollm2_quantized, smollm2_each, tmp_path):
 
 def _all_tensors(ckpt: Path) -> dict[str, tuple]:
     """name -> (dtype, shape, stored bytes), whichever shard holds it."""
-    from quantkit.checkpoint.headers import checkpoint_tensors
+    from quantkit.checkpoint.headers import checkpoint_tensors, tensor_bytes
 
-    out = {}
-    for name, t in checkpoint_tensors(ckpt).items():
-        with open(ckpt / t.file, "rb") as f:
-            f.seek(8 + int.from_bytes(f.read(8), "little") + t.offsets[0])
-            out[name] = (t.dtype, t.shape, f.read(t.nbytes))
-    return out
+    return {name: (t.dtype, t.shape, tensor_bytes(ckpt, t)) for name, t in checkpoint_tensors(ckpt).items()}
 
 
 @pytest.mark.e2e

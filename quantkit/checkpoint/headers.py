@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 __all__ = ["TensorInfo", "read_header", "checkpoint_tensors", "weight_files", "patch_values", "rewrite_file",
-           "save_torch_file", "SHARD_BYTES"]
+           "save_torch_file", "tensor_bytes", "SHARD_BYTES"]
 
 # Largest safetensors shard a quantize run writes (its backend's export; `--max-shard-size`).
 # Hashing, converting and loading go shard by shard, each shard on its own core: one 4.45 GB shard
@@ -79,6 +79,14 @@ def _data_start(path: Path) -> int:
     with path.open("rb") as f:
         (n,) = struct.unpack("<Q", f.read(8))
     return 8 + n
+
+
+def tensor_bytes(ckpt: str | Path, t: TensorInfo) -> bytes:
+    """The stored bytes of one tensor (from `checkpoint_tensors` / `read_header`)."""
+    path = Path(ckpt) / t.file
+    with path.open("rb") as f:
+        f.seek(_data_start(path) + t.offsets[0])
+        return f.read(t.nbytes)
 
 
 def patch_values(path: str | Path, values: dict[str, bytes]) -> None:

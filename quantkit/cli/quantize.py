@@ -79,17 +79,8 @@ def register(app: typer.Typer) -> None:
                                model=model, algorithm=algorithm, mode=mode, resume=resume, nproc=nproc,
                                calibrate_each=calibrate_each,
                                max_memory=parse_size(max_memory) if max_memory else None,
-                               max_shard_size=_shard_size(max_shard_size))
+                               max_shard_size=parse_size(max_shard_size, "--max-shard-size"))
         with RichReporter() as rep:
             results = run(r, opts, rep)
         quantize_summary(results)
 
-
-def _shard_size(text: str) -> int:
-    from quantkit.errors import UsageError
-    from quantkit.stream.preflight import parse_size
-
-    n = parse_size(text, "--max-shard-size")
-    if n < 1 << 20:
-        raise UsageError(f"--max-shard-size {text} is under 1 MiB", hint="use e.g. --max-shard-size 2GiB")
-    return n

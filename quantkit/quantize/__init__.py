@@ -19,7 +19,8 @@ from quantkit.checkpoint.formats import get_format
 from quantkit.errors import UsageError
 from quantkit.progress import SILENT, Reporter
 from quantkit.quantize.context import Context, cuda, preflight
-from quantkit.quantize.options import (QuantizeOptions, VariantResult, apply_options, check_nproc, parse_format,
+from quantkit.quantize.options import (QuantizeOptions, VariantResult, apply_options, check_nproc, check_shard_size,
+                                       parse_format,
                                        resolve_formats)
 from quantkit.recipe import Recipe
 
@@ -33,6 +34,7 @@ def quantize(recipe: Recipe, opts: QuantizeOptions, reporter: Reporter = SILENT)
     recipe = apply_options(recipe, opts)
     formats = resolve_formats(recipe, opts)
     check_nproc(opts, formats)
+    check_shard_size(opts)
     primary = calibrating_format(recipe, formats, opts)
     calibrated = [primary] if primary else formats
     backends = {f: get_backend(backend_for_format(f)) for f in dict.fromkeys(calibrated + formats)}

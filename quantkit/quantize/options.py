@@ -12,7 +12,8 @@ from quantkit.checkpoint.headers import SHARD_BYTES
 from quantkit.errors import UsageError
 from quantkit.recipe import Recipe
 
-__all__ = ["QuantizeOptions", "VariantResult", "parse_format", "resolve_formats", "apply_options", "check_nproc"]
+__all__ = ["QuantizeOptions", "VariantResult", "parse_format", "resolve_formats", "apply_options", "check_nproc",
+           "check_shard_size"]
 
 
 @dataclass
@@ -79,6 +80,12 @@ def apply_options(recipe: Recipe, opts: QuantizeOptions) -> Recipe:
     if opts.algorithm:
         r.calibration.algorithm = opts.algorithm
     return r
+
+
+def check_shard_size(opts: QuantizeOptions) -> None:
+    if opts.max_shard_size < 1 << 20:
+        raise UsageError(f"--max-shard-size {opts.max_shard_size} bytes is under 1 MiB",
+                         hint="use e.g. --max-shard-size 2GiB")
 
 
 def check_nproc(opts: QuantizeOptions, formats: list[str]) -> None:
