@@ -102,10 +102,11 @@ class ModelOptBackend:
         device = next(model.parameters()).device
         batches = calib.batches(getattr(calib, "batch_size", 1))
         marks: list[float] = []
+        extra = calibration_forward_kwargs(model, plan)
 
         def run(m, ids):
             try:
-                m(ids.to(device), use_cache=False)
+                m(ids.to(device), use_cache=False, **extra)
             except torch.OutOfMemoryError:
                 if len(ids) == 1:
                     raise
@@ -137,6 +138,29 @@ class ModelOptBackend:
                              native_config={"base": _CONFIGS[scheme], "algorithm": cfg["algorithm"],
                                             "disabled_modules": len(plan.kept_names()),
                                             **({"fp8_modules": len(plan.fp8)} if plan.fp8 else {})})
+
+
+def calibration_forward_kwargs(model: Any, plan: Any) -> dict:
+    """`logits_to_keep=1` for the calibration forwards when the model's output projection is not
+    quantized: nothing after it holds a quantizer, so the logits of every calibration token are
+    work and memory for nothing. That projection is 21% of SmolLM2-135M's matmul work (a
+    49152-token vocabulary on a 576-wide model); with Qwen's 151936-token vocabulary the logits of
+    one 64 x 1024 calibration batch take 19.9 GB in BF16. Every amax is the same (tested: the same
+    checkpoint bytes). Empty where the head is quantized (FP4 or FP8) or the forward takes no
+    `logits_to_keep`."""
+    import inspect
+
+    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    if head is None:
+        return {}
+    name = next((n for n, m in model.named_modules() if m is head), None)
+    if name is None or name in set(plan.fp4_names()) | set(plan.fp8_names()):
+        return {}
+    try:
+        params = inspect.signature(model.forward).parameters
+    except (TypeError, ValueError):
+        return {}
+    return {"logits_to_keep": 1} if "logits_to_keep" in params else {}
 
 
 _INSTALL_HINT = "pip install 'nvidia-modelopt==0.47.0' (without the [hf] extra)"
