@@ -250,7 +250,7 @@ def test_modelopt_import_leaves_torchs_compiler_unimported():
 @pytest.mark.parametrize("env", [{}, {"PYTORCH_CUDA_ALLOC_CONF": "backend:cudaMallocAsync"},
                                  {"PYTORCH_ALLOC_CONF": "expandable_segments:False"}])
 def test_expandable_segments_unless_the_user_configured_the_allocator(monkeypatch, env):
-    from quantkit.quantize import full
+    from quantkit.quantize import context
 
     for k in ("PYTORCH_CUDA_ALLOC_CONF", "PYTORCH_ALLOC_CONF"):
         monkeypatch.delenv(k, raising=False)
@@ -258,5 +258,5 @@ def test_expandable_segments_unless_the_user_configured_the_allocator(monkeypatc
         monkeypatch.setenv(k, v)
     seen = []
     monkeypatch.setattr(torch.cuda.memory, "_set_allocator_settings", seen.append)
-    full._expandable_segments()
+    context.expandable_segments()
     assert seen == ([] if env else ["expandable_segments:True"])

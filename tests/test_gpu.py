@@ -70,3 +70,20 @@ def test_nproc2_places_the_model_across_two_gpus(tmp_path):
     m = json.loads((res.path / "quantkit.json").read_text())
     assert m["run"]["devices"] == ["cuda:0", "cuda:1"]
     assert m["verification"]["fp4_modules"] == 28
+
+
+def test_cuda_warm_up_thread_initialises_cuda_and_cublas():
+    """quantize's warm-up thread leaves CUDA initialised (its context and a cuBLAS handle the
+    main thread's matmuls reuse), and the process's first matmul afterwards gives the right answer."""
+    import torch
+
+    from quantkit.quantize.context import warm_cuda
+
+    t = warm_cuda()
+    assert t is not None
+    t.join(timeout=120)
+    assert not t.is_alive() and torch.cuda.is_initialized()
+    a = torch.randn(128, 64, device="cuda", dtype=torch.float32)
+    b = torch.randn(64, 32, device="cuda", dtype=torch.float32)
+    ref = (a.double() @ b.double()).float()
+    assert ((a @ b - ref).norm() / ref.norm()).item() < 1e-2

@@ -18,7 +18,7 @@ from quantkit.backends import backend_for_format, check_algorithm, formats_of_ba
 from quantkit.checkpoint.formats import get_format
 from quantkit.errors import UsageError
 from quantkit.progress import SILENT, Reporter
-from quantkit.quantize.context import Context, cuda, preflight
+from quantkit.quantize.context import Context, cuda, preflight, warm_cuda
 from quantkit.quantize.options import (QuantizeOptions, VariantResult, apply_options, check_nproc, check_shard_size,
                                        parse_format,
                                        resolve_formats)
@@ -42,6 +42,7 @@ def quantize(recipe: Recipe, opts: QuantizeOptions, reporter: Reporter = SILENT)
         backends[f].check_available()
         check_algorithm(backends[f].name, recipe.calibration.algorithm_for(backends[f].name), cuda())
     base_out, outs = _outputs(recipe, opts, formats)
+    warm_cuda()  # meanwhile: config, pre-flight, and the imports of the load
     t0 = time.perf_counter()
     reporter.stage("resolve", recipe.model.source)
     m = recipe.model

@@ -11,7 +11,7 @@ from typing import Any, Callable
 from quantkit.calib_health import calibrating
 from quantkit.checkpoint.atomic import atomic_dir
 from quantkit.progress import Reporter
-from quantkit.quantize.context import Context, finish_variant, plans_and_calibration
+from quantkit.quantize.context import Context, expandable_segments, finish_variant, plans_and_calibration
 from quantkit.quantize.options import VariantResult
 from quantkit.recipe import Recipe
 
@@ -46,30 +46,12 @@ def load_model(local: Path, recipe: Recipe, reporter: Reporter, nproc: int = 1, 
             model = cls.from_pretrained(str(local), dtype=torch.bfloat16, trust_remote_code=trc,
                                         device_map="balanced", max_memory=budget).eval()
         elif torch.cuda.is_available():  # straight onto the GPU: no BF16 copy of the model in host memory first
-            _expandable_segments()
+            expandable_segments()  # set already where quantize started: a library caller's load
             model = cls.from_pretrained(str(local), dtype=torch.bfloat16, trust_remote_code=trc, device_map="cuda").eval()
         else:
             model = cls.from_pretrained(str(local), dtype=torch.bfloat16, trust_remote_code=trc).eval()
         tok = tok_future.result()
     return config, model, tok
-
-
-def _expandable_segments() -> None:
-    """The CUDA caching allocator grows by mapping more memory into its segments instead of
-    reserving a new segment per new size, unless the user configured it (PYTORCH_CUDA_ALLOC_CONF):
-    the first calibration forward of a 7.24B model (64 x 1024 tokens) took 2.86 s instead of 1.87 s
-    on the H200 machine, 2.16 s with this (bench/formats.md), and calibration batches fragment less.
-    In this process only: the engines quantkit starts later get the environment unchanged."""
-    import os
-
-    import torch
-
-    if any(k in os.environ for k in ("PYTORCH_CUDA_ALLOC_CONF", "PYTORCH_ALLOC_CONF")):
-        return
-    try:
-        torch.cuda.memory._set_allocator_settings("expandable_segments:True")
-    except Exception:  # noqa: BLE001 - best effort: a torch without the setting keeps its default allocator
-        pass
 
 
 def quantize_full(ctx: Context) -> list[VariantResult]:
