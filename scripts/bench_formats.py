@@ -10,7 +10,13 @@ to $OUT/bench_formats-<model>.json (device) or bench/formats-<model>.json (here)
   python scripts/bench_formats.py --model moe --samples 64 --seq-len 1024         # GPU: Qwen3-Next shape, 4 of 48 layers
   python scripts/bench_formats.py --model dense --runs ct@base,ct,raw --base /tmp/base  # before/after, same bytes?
   python scripts/bench_formats.py --model dense --runs ct,ct:1GiB   # a run with --max-shard-size 1GiB
+  python scripts/bench_formats.py --model dense --runs ct,raw,ct,raw --bytecode /tmp/pyc  # with bytecode
   (same_files_as_base: every file's sha256; same_converted_from_as_base: the converted-from checkpoint's hash)
+
+--bytecode DIR: every run reads bytecode compiled beforehand (untimed) into DIR for all of sys.path, as
+pip's install-time compile gives a user's machine; without it, a machine whose image ships no
+bytecode and sets PYTHONDONTWRITEBYTECODE (the lent H200 machines) compiles every imported module in
+every process, several seconds for each of quantkit and raw llm-compressor alike.
 """
 
 from __future__ import annotations
@@ -167,7 +173,11 @@ def main() -> int:
                     "/tmp/base HEAD~3`) for before/after runs such as ct@base, same source and tokens")
     ap.add_argument("--source", type=Path, default=None, help="use this checkpoint (written by an earlier run) "
                     "instead of writing --model's")
+    ap.add_argument("--bytecode", type=Path, default=None, help="compile all of sys.path into this directory "
+                    "first (untimed) and have every run read its bytecode from there (PYTHONPYCACHEPREFIX)")
     a = ap.parse_args()
+    if a.bytecode:
+        _compile_bytecode(a.bytecode)
     import torch
 
     from _machine import describe, machine
@@ -199,12 +209,13 @@ def main() -> int:
     ratios = {"both / modelopt": _ratio(wall, "both", "modelopt"), "ct / raw llm-compressor": _ratio(wall, "ct", "raw"),
               "each / modelopt": _ratio(wall, "each", "modelopt"), "both / each": _ratio(wall, "both", "each"),
               "ct / ct@base": _ratio(wall, "ct", "ct@base"),
-              "every ct run / raw": [_ratio(wall, k, "raw") for k in wall if k.partition("#")[0] == "ct"]}
+              "every ct run / raw": [_ratio(wall, k, "raw") for k in wall if k.partition("#")[0] == "ct"],
+              "median ct / median raw": _median_ratio(wall, "ct", "raw")}
     pairs = [r for r in rows if "@" in r and r.partition("@")[0] in rows]
     same = {r: _same_bytes(rows[r], rows[r.partition("@")[0]]) for r in pairs}
     same_tensors = {r: _same_bytes(rows[r], rows[r.partition("@")[0]], "tensors") for r in pairs}
     same_source = {r: _same_bytes(rows[r], rows[r.partition("@")[0]], "converted_from") for r in pairs}
-    result = {"machine": describe(machine(torch_info=True)), "model": a.model, "dataset": dataset, "samples": len(calib.input_ids),
+    result = {"machine": describe(machine(torch_info=True)), "bytecode": _bytecode_state(), "model": a.model, "dataset": dataset, "samples": len(calib.input_ids),
               "tokens": calib.tokens, "runs": rows, "ratios": ratios, "same_files_as_base": same,
               "same_tensors_as_base": same_tensors,
               "same_converted_from_as_base": same_source}
@@ -214,6 +225,33 @@ def main() -> int:
     (dest / f"formats-{a.model}.json").write_text(json.dumps(result, indent=1))
     shutil.rmtree(tmp, ignore_errors=True)
     return 0 if all(not v["exit"] for v in rows.values()) else 1
+
+
+def _compile_bytecode(prefix: Path) -> None:
+    """Bytecode for every module on sys.path (and this checkout, and --base's) under `prefix`,
+    which every later process reads and writes (PYTHONPYCACHEPREFIX)."""
+    prefix.mkdir(parents=True, exist_ok=True)
+    os.environ["PYTHONPYCACHEPREFIX"] = str(prefix.resolve())
+    os.environ.pop("PYTHONDONTWRITEBYTECODE", None)
+    dirs = [p for p in dict.fromkeys(sys.path) if p and os.path.isdir(p)]
+    t = time.perf_counter()
+    subprocess.run([sys.executable, "-m", "compileall", "-q", "-j", "0", *dirs], check=False,
+                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    print(f"bytecode for {len(dirs)} sys.path entries compiled into {prefix} in {time.perf_counter() - t:.1f} s",
+          flush=True)
+
+
+def _bytecode_state() -> dict:
+    return {"pycache_prefix": os.environ.get("PYTHONPYCACHEPREFIX"),
+            "dont_write_bytecode": bool(os.environ.get("PYTHONDONTWRITEBYTECODE"))}
+
+
+def _median_ratio(wall: dict, a: str, b: str) -> float | None:
+    import statistics
+
+    xs = [v for k, v in wall.items() if k.partition("#")[0] == a]
+    ys = [v for k, v in wall.items() if k.partition("#")[0] == b]
+    return round(statistics.median(xs) / statistics.median(ys), 3) if xs and ys else None
 
 
 def _same_bytes(x: dict, y: dict, key: str = "files") -> dict:
