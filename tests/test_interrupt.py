@@ -121,3 +121,25 @@ def test_failure_inside_leaves_previous_output_untouched(tmp_path):
             raise RuntimeError("crash mid-export")
     assert (out / "old").read_text() == "keep" and not (out / "half").exists()
     assert not list(tmp_path.glob(".*partial*"))
+
+
+def test_place_dir_renames_a_finished_directory_into_place(tmp_path):
+    from quantkit.checkpoint.atomic import place_dir
+    from quantkit.errors import UsageError
+
+    def done(text):
+        d = tmp_path / f".done-{text}"
+        d.mkdir()
+        (d / "f").write_text(text)
+        return d
+
+    out = tmp_path / "o" / "modelopt"
+    place_dir(done("1"), out)  # the parent is made
+    assert (out / "f").read_text() == "1"
+    second = done("2")
+    with pytest.raises(UsageError):
+        place_dir(second, out)
+    assert (out / "f").read_text() == "1" and second.is_dir()  # refused: both left as they were
+    place_dir(second, out, overwrite=True)
+    assert (out / "f").read_text() == "2" and not second.exists()
+    assert sorted(p.name for p in out.parent.iterdir()) == ["modelopt"]  # no .old- copy left

@@ -18,7 +18,7 @@ from typing import Iterator
 from quantkit.errors import UsageError
 from quantkit.interrupts import deferred
 
-__all__ = ["atomic_dir", "remove_stale_partials", "pid_alive"]
+__all__ = ["atomic_dir", "place_dir", "remove_stale_partials", "pid_alive"]
 
 # Partial directories this process made: a leftover carrying our own pid was made by an earlier
 # process that had the same pid (containers start their processes with the same small pids).
@@ -83,18 +83,34 @@ def atomic_dir(final: Path, overwrite: bool = False) -> Iterator[Path]:
             _MINE.add(tmp)
         yield tmp
         _normalize_modes(tmp)
-        if final.exists():
-            trash = final.with_name(f".{final.name}.old-{os.getpid()}")
-            os.replace(final, trash)
-            os.replace(tmp, final)
-            shutil.rmtree(trash, ignore_errors=True)
-        else:
-            os.replace(tmp, final)
+        _replace(tmp, final)
     finally:
         if tmp is not None:
             if tmp.exists():
                 shutil.rmtree(tmp, ignore_errors=True)
             _MINE.discard(tmp)
+
+
+def place_dir(done: Path, final: Path, overwrite: bool = False) -> None:
+    """Rename the finished directory `done` (written whole elsewhere on the same filesystem, say
+    by an earlier `atomic_dir`) to `final`, replacing an existing `final` only with `overwrite`."""
+    final = Path(final)
+    if final.exists() and not overwrite:
+        raise UsageError(f"output path exists: {final}", hint="choose another --out, or pass --overwrite")
+    final.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale_partials(final)
+    with deferred():  # not between moving the old copy aside and renaming the new one in
+        _replace(Path(done), final)
+
+
+def _replace(tmp: Path, final: Path) -> None:
+    if final.exists():
+        trash = final.with_name(f".{final.name}.old-{os.getpid()}")
+        os.replace(final, trash)
+        os.replace(tmp, final)
+        shutil.rmtree(trash, ignore_errors=True)
+    else:
+        os.replace(tmp, final)
 
 
 def _normalize_modes(root: Path) -> None:

@@ -56,29 +56,35 @@ def quantize(recipe: Recipe, opts: QuantizeOptions, reporter: Reporter = SILENT)
 
 
 def _calibrate_once(ctx: Context, primary: str, mode: str, config) -> list[VariantResult]:
-    """`primary`'s library calibrates (into its output, or a hidden temporary one when that format
-    was not asked for); every other format is converted from it."""
+    """`primary`'s library calibrates into a hidden directory; every other format is converted
+    from it, the conversion hashing the calibrated files as it reads them (their manifest is
+    written after it: no separate pass over gigabytes); then the calibrated checkpoint is renamed
+    to its output when that format was asked for, or removed."""
     import shutil
 
+    from quantkit.checkpoint.atomic import place_dir
+    from quantkit.checkpoint.manifest import write_manifest
     from quantkit.quantize.context import converted_variant
 
     others = [f for f in ctx.formats if f != primary]
     ctx.reporter.info(f"one calibration ({ctx.backends[primary].name}); {', '.join(others)} written from it by "
                       "conversion (--calibrate-each: every library calibrates its own)")
-    out = ctx.outs.get(primary) or ctx.base_out.parent / f".{ctx.base_out.name}.calibrated-{get_format(primary).dir_name}"
-    one = Context(ctx.recipe, ctx.opts, [primary], {primary: ctx.backends[primary]}, {primary: out}, ctx.base_out,
-                  ctx.local, ctx.preflight, ctx.reporter, ctx.t0, stable_scales=True,
-                  defer_manifest=primary not in ctx.outs)
-    if primary not in ctx.outs:
-        one.opts = replace(ctx.opts, overwrite=True)  # our own hidden directory, left by a crashed run at most
+    hidden = ctx.base_out.parent / f".{ctx.base_out.name}.calibrated-{get_format(primary).dir_name}"
+    one = Context(ctx.recipe, replace(ctx.opts, overwrite=True),  # our own hidden directory, a crashed run's at most
+                  [primary], {primary: ctx.backends[primary]}, {primary: hidden}, ctx.base_out,
+                  ctx.local, ctx.preflight, ctx.reporter, ctx.t0, stable_scales=True, defer_manifest=True)
     try:
         first = _run_path(one, mode, config)[0]
         ctx.plans = one.plans
         converted = [converted_variant(ctx, first, f) for f in others]
-    finally:
         if primary not in ctx.outs:
-            shutil.rmtree(out, ignore_errors=True)
-    return ([first] if primary in ctx.outs else []) + converted
+            return converted
+        if "content_hash" not in first.manifest:  # no conversion wrote it (none asked for)
+            first.manifest = write_manifest(hidden, first.manifest)
+        place_dir(hidden, ctx.outs[primary], overwrite=ctx.opts.overwrite)
+        return [replace(first, path=ctx.outs[primary])] + converted
+    finally:
+        shutil.rmtree(hidden, ignore_errors=True)
 
 
 def calibrating_format(recipe: Recipe, formats: list[str], opts: QuantizeOptions) -> str | None:
