@@ -39,8 +39,9 @@ class Context:
     reporter: Reporter
     t0: float
     stable_scales: bool = False  # per-tensor scales made reciprocal-stable (other formats convert from it)
-    # a hidden calibrated checkpoint that only feeds conversions: its manifest is written after the
-    # first conversion, which hashes its files as it reads them (no second pass over gigabytes)
+    # the hidden calibrated checkpoint of one calibration for several formats: its manifest is
+    # written after the first conversion, which hashes its files as it reads them (no second pass
+    # over gigabytes), and before it is renamed to its output (--format both) or removed
     defer_manifest: bool = False
     plans: dict = field(default_factory=dict)  # format -> Plan, once planned
     health: dict = field(default_factory=dict)  # format -> calib_health.Health, once calibrated
