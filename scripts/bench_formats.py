@@ -209,7 +209,7 @@ def main() -> int:
     ratios = {"both / modelopt": _ratio(wall, "both", "modelopt"), "ct / raw llm-compressor": _ratio(wall, "ct", "raw"),
               "each / modelopt": _ratio(wall, "each", "modelopt"), "both / each": _ratio(wall, "both", "each"),
               "ct / ct@base": _ratio(wall, "ct", "ct@base"),
-              "every ct run / raw": [_ratio(wall, k, "raw") for k in wall if k.partition("#")[0] == "ct"],
+              "every ct run / raw": _paired_ratios(wall, "ct", "raw"),
               "median ct / median raw": _median_ratio(wall, "ct", "raw")}
     pairs = [r for r in rows if "@" in r and r.partition("@")[0] in rows]
     same = {r: _same_bytes(rows[r], rows[r.partition("@")[0]]) for r in pairs}
@@ -244,6 +244,13 @@ def _compile_bytecode(prefix: Path) -> None:
 def _bytecode_state() -> dict:
     return {"pycache_prefix": os.environ.get("PYTHONPYCACHEPREFIX"),
             "dont_write_bytecode": bool(os.environ.get("PYTHONDONTWRITEBYTECODE"))}
+
+
+def _paired_ratios(wall: dict, a: str, b: str) -> list[float]:
+    """The i-th `a` run over the i-th `b` run in run order (the last `b` for any further `a`)."""
+    xs = [v for k, v in wall.items() if k.partition("#")[0] == a]
+    ys = [v for k, v in wall.items() if k.partition("#")[0] == b]
+    return [round(x / ys[min(i, len(ys) - 1)], 3) for i, x in enumerate(xs)] if ys else []
 
 
 def _median_ratio(wall: dict, a: str, b: str) -> float | None:
