@@ -246,18 +246,21 @@ def _bytecode_state() -> dict:
             "dont_write_bytecode": bool(os.environ.get("PYTHONDONTWRITEBYTECODE"))}
 
 
+def _walls(wall: dict, kind: str) -> list[float]:
+    """Wall times of every run of `kind` (ct, ct#3, ...) in run order."""
+    return [v for k, v in wall.items() if k.partition("#")[0] == kind]
+
+
 def _paired_ratios(wall: dict, a: str, b: str) -> list[float]:
     """The i-th `a` run over the i-th `b` run in run order (the last `b` for any further `a`)."""
-    xs = [v for k, v in wall.items() if k.partition("#")[0] == a]
-    ys = [v for k, v in wall.items() if k.partition("#")[0] == b]
+    xs, ys = _walls(wall, a), _walls(wall, b)
     return [round(x / ys[min(i, len(ys) - 1)], 3) for i, x in enumerate(xs)] if ys else []
 
 
 def _median_ratio(wall: dict, a: str, b: str) -> float | None:
     import statistics
 
-    xs = [v for k, v in wall.items() if k.partition("#")[0] == a]
-    ys = [v for k, v in wall.items() if k.partition("#")[0] == b]
+    xs, ys = _walls(wall, a), _walls(wall, b)
     return round(statistics.median(xs) / statistics.median(ys), 3) if xs and ys else None
 
 

@@ -284,3 +284,32 @@ def test_interrupted_conversion_then_next_run_succeeds(tmp_path, monkeypatch, si
     dest = emb.materialize("smollm2-135m")
     assert (dest / "model.safetensors").read_bytes() == b"w"
     assert not list(cache.glob(".smollm2-135m.*")), "a hidden temporary directory was left"
+
+
+def test_a_signal_between_the_renames_of_an_overwrite_waits_for_both(tmp_path, monkeypatch, default_signal_handlers):
+    """Replacing an output moves the old one aside, then renames the new one in: a SIGTERM
+    arriving after the first rename is raised only after the second, so `final` is never missing,
+    and the old copy is removed all the same."""
+    from quantkit.checkpoint import atomic
+    from quantkit.interrupts import Terminated, signals_as_exceptions
+
+    final, new = tmp_path / "out", tmp_path / ".new"
+    for d, text in ((final, "old"), (new, "new")):
+        d.mkdir()
+        (d / "f").write_text(text)
+    real, calls = os.replace, []
+
+    def replace(a, b):
+        real(a, b)
+        calls.append(Path(b).name)
+        if len(calls) == 1:  # the old output is aside, the new one not yet in
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(0.05)
+
+    monkeypatch.setattr(atomic.os, "replace", replace)
+    with signals_as_exceptions():
+        with pytest.raises(Terminated):
+            atomic.place_dir(new, final, overwrite=True)
+    assert calls == [".out.old-%d" % os.getpid(), "out"]
+    assert (final / "f").read_text() == "new"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]

@@ -99,18 +99,21 @@ def place_dir(done: Path, final: Path, overwrite: bool = False) -> None:
         raise UsageError(f"output path exists: {final}", hint="choose another --out, or pass --overwrite")
     final.parent.mkdir(parents=True, exist_ok=True)
     remove_stale_partials(final)
-    with deferred():  # not between moving the old copy aside and renaming the new one in
-        _replace(Path(done), final)
+    _replace(Path(done), final)
 
 
 def _replace(tmp: Path, final: Path) -> None:
-    if final.exists():
-        trash = final.with_name(f".{final.name}.old-{os.getpid()}")
-        os.replace(final, trash)
-        os.replace(tmp, final)
-        shutil.rmtree(trash, ignore_errors=True)
-    else:
-        os.replace(tmp, final)
+    """`tmp` renamed to `final`; an existing `final` moved aside first and removed after. Signals
+    wait until both renames are done: never a moment without the old or the new output."""
+    trash = final.with_name(f".{final.name}.old-{os.getpid()}")
+    try:
+        with deferred():
+            if final.exists():
+                os.replace(final, trash)
+            os.replace(tmp, final)
+    finally:  # also when a held-back signal is raised as the block ends
+        if trash.exists():
+            shutil.rmtree(trash, ignore_errors=True)
 
 
 def _normalize_modes(root: Path) -> None:
